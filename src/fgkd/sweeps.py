@@ -1,0 +1,365 @@
+"""Paper ablation grids: expansion, run bookkeeping, launching and aggregation into tables and Fig. 6.
+
+One source of truth per table: ``conf/experiment/<name>.yaml``. Its ``hydra.sweeper.params`` is the grid
+(Hydra's own override grammar, so ``python train.py -m experiment=<name>`` runs the same grid) and its
+``sweep`` block says how to lay the results out. ``sweep.py`` expands the grid with Hydra's override
+parser, identifies each run by its resolved override list, skips finished runs (``metrics.json``
+present), launches the rest as single ``train.py`` processes (so a run may itself use DDP), then
+aggregates into ``outputs/sweeps/<name>/table.{md,csv}`` (+ ``fig6.png``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+METRIC_KEYS = ("map", "map_50", "mar_1", "mar_10", "mar_100")
+METRIC_NAMES = ("mAP", "mAP50", "mAR1", "mAR10", "mAR100")
+SCALES = ("smoke", "dev", "paper")
+LAUNCHERS = ("local", "joblib", "slurm")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: the experiment, its grid point (``params``), the scale and the seed."""
+
+    experiment: str
+    params: tuple[tuple[str, str], ...]
+    scale: str
+    seed: int
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"experiment={self.experiment}", *(f"{k}={v}" for k, v in self.params),
+                f"scale={self.scale}", f"seed={self.seed}"]
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha1("\n".join(sorted(self.overrides)).encode()).hexdigest()[:10]
+
+    @property
+    def slug(self) -> str:
+        text = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in self.params) or "run"
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80] + f"_s{self.seed}"
+
+    def directory(self, sweep_dir: Path) -> Path:
+        return sweep_dir / "runs" / f"{self.slug}-{self.run_id}"
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.params) + f" seed={self.seed}"
+
+
+@dataclass
+class Experiment:
+    name: str
+    params: dict[str, list[str]]
+    layout: dict[str, Any] = field(default_factory=dict)
+
+    def runs(self, scale: str = "smoke", seeds: int = 1) -> list[Run]:
+        keys = list(self.params)
+        grid = itertools.product(*(self.params[k] for k in keys))
+        return [Run(self.name, tuple(zip(keys, point, strict=True)), scale, seed)
+                for point in grid for seed in range(seeds)]
+
+
+def _sweep_values(value: Any) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (override,) = OverridesParser.create().parse_overrides([f"x={value}"])
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def load_experiment(name: str, conf_dir: Path = CONF_DIR) -> Experiment:
+    path = conf_dir / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir / "experiment").glob("*.yaml"))
+        raise ValueError(f"unknown experiment {name!r}: no {path}; choose one of: {', '.join(known)}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    layout = dict(raw.get("sweep") or {})
+    source = layout.get("runs_from")
+    if source:  # e.g. fig6 plots table5's runs: same grid, same run folders
+        base = load_experiment(source, conf_dir)
+        return Experiment(base.name, base.params, {**base.layout, **layout, "figure_only": True})
+    params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    if not params:
+        raise ValueError(f"{path}: hydra.sweeper.params is empty; an experiment preset must define its grid")
+    return Experiment(name, {k: _sweep_values(v) for k, v in params.items()}, layout)
+
+
+# ----------------------------------------------------------------------------------------------- results
+def read_metrics(run_dir: Path) -> dict[str, float] | None:
+    """The five final metrics of a finished run, or None when the run has not finished."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    for candidate in (data.get("final"), data.get("student"), data.get("metrics"), data):
+        if isinstance(candidate, dict) and all(k in candidate for k in METRIC_KEYS):
+            return {k: float(candidate[k]) for k in METRIC_KEYS}
+    raise ValueError(f"{path} has none of the keys {METRIC_KEYS}; was it written by train.py?")
+
+
+@dataclass
+class RunResult:
+    run: Run
+    directory: Path
+    metrics: dict[str, float] | None
+    failed: bool = False
+    log: Path | None = None
+
+
+def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int) -> list[RunResult]:
+    results = []
+    for run in exp.runs(scale, seeds):
+        directory = run.directory(sweep_dir)
+        metrics = read_metrics(directory)
+        failed = metrics is None and (directory / "FAILED").exists()
+        results.append(RunResult(run, directory, metrics, failed, directory / "train.log"))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- launching
+def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "train.py"), *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
+    """Run ``train.py`` for one grid point in its own folder; output goes to ``<run>/train.log``."""
+    run_dir = run.directory(sweep_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "FAILED").unlink(missing_ok=True)
+    (run_dir / "overrides.json").write_text(json.dumps(run.overrides + list(extra), indent=1))
+    log = run_dir / "train.log"
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(train_command(run, run_dir, extra))}\n")
+        handle.flush()
+        proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
+                              cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    metrics = read_metrics(run_dir) if proc.returncode == 0 else None
+    if metrics is None:
+        (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
+    return RunResult(run, run_dir, metrics, failed=metrics is None, log=log)
+
+
+class _RequeueableRun:
+    """submitit callable; on pre-emption it is resubmitted and train.py resumes from the run's last.ckpt."""
+
+    def __init__(self, run: Run, sweep_dir: Path, extra: Sequence[str]) -> None:
+        self.run, self.sweep_dir, self.extra = run, sweep_dir, list(extra)
+
+    def __call__(self) -> RunResult:
+        return run_one(self.run, self.sweep_dir, [*self.extra, "resume=auto"])
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Sequence[str] = (),
+           n_jobs: int = 2, slurm: dict[str, Any] | None = None,
+           echo: Callable[[str], None] = print) -> list[RunResult]:
+    """Run what is missing; a progress line per run (skipped, done with its mAP, or failed with its log)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
+    todo, results = [], []
+    for i, run in enumerate(runs, 1):
+        metrics = read_metrics(run.directory(sweep_dir))
+        if metrics is not None:
+            echo(f"[{i}/{len(runs)}] {run.describe()}: finished earlier (mAP {metrics['map']:.3f}), skipped")
+            results.append(RunResult(run, run.directory(sweep_dir), metrics))
+        else:
+            todo.append(run)
+    if not todo:
+        return results
+
+    def report(index: int, result: RunResult, seconds: float) -> None:
+        what = (f"done in {seconds:.0f}s (mAP {result.metrics['map']:.3f})" if result.metrics
+                else f"FAILED after {seconds:.0f}s, log: {result.log}")
+        echo(f"[{index}/{len(todo)} new] {result.run.describe()}: {what}")
+
+    if launcher == "local":
+        for i, run in enumerate(todo, 1):
+            echo(f"[{i}/{len(todo)} new] {run.describe()}: running in {run.directory(sweep_dir)}")
+            start = time.monotonic()
+            result = run_one(run, sweep_dir, extra)
+            report(i, result, time.monotonic() - start)
+            results.append(result)
+    elif launcher == "joblib":
+        from joblib import Parallel, delayed
+
+        def timed(run: Run) -> tuple[RunResult, float]:
+            start = time.monotonic()
+            return run_one(run, sweep_dir, extra), time.monotonic() - start
+
+        echo(f"launching {len(todo)} runs, {n_jobs} at a time (joblib)")
+        for i, (result, seconds) in enumerate(
+                Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(delayed(timed)(r) for r in todo), 1):
+            report(i, result, seconds)
+            results.append(result)
+    else:
+        import submitit
+
+        opts = dict(slurm or {})
+        cluster = opts.pop("cluster", None)  # "local" runs the same path with submitit's local executor
+        executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit" / "%j", cluster=cluster)
+        executor.update_parameters(**opts)
+        jobs = executor.submit_array([_RequeueableRun(r, sweep_dir, extra) for r in todo])
+        echo(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0] if jobs else '-'}); waiting")
+        for i, job in enumerate(jobs, 1):
+            start = time.monotonic()
+            result = job.result()
+            report(i, result, time.monotonic() - start)
+            results.append(result)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def _label(run: Run, layout: dict[str, Any], keys: Iterable[str]) -> str:
+    labels = layout.get("labels") or {}
+    values = {k.split(".")[-1]: str(labels.get(k, {}).get(v, v)) for k, v in run.params if k in keys}
+    template = layout.get("row")
+    if template:
+        return template.format(**values)
+    return ", ".join(values.values())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _fmt(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def _signed_change(new: float, old: float) -> str:
+    rel = f"{(new - old) / old * 100:+.1f}%" if old else "n/a"
+    return f"{new - old:+.3f} ({rel})"
+
+
+def build_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], list[list[str]], list[RunResult]]:
+    """(header, rows, failed): the paper's layout; ``failed`` lists runs without metrics."""
+    layout = exp.layout
+    failed = [r for r in results if r.metrics is None]
+    if layout.get("kind") == "comparison":  # Table 3: rows = models, columns = methods on mAP
+        row_key, col_key = layout["row_key"], layout["column_key"]
+        columns = [c for c in exp.params[col_key]]
+        names = layout.get("labels", {}).get(col_key, {})
+        grouped: dict[str, dict[str, list[float]]] = {}
+        for r in results:
+            p = dict(r.run.params)
+            cell = grouped.setdefault(p[row_key], {}).setdefault(p[col_key], [])
+            if r.metrics:
+                cell.append(r.metrics["map"])
+        header = [layout.get("row_title", "Model")] + [names.get(c, c) for c in columns]
+        comparisons = layout.get("comparisons", [])  # [[new, old], ...] column ids
+        header += [f"vs {names.get(old, old)}" for _, old in comparisons]
+        rows = []
+        for model in exp.params[row_key]:
+            cells = grouped.get(model, {})
+            row = [layout.get("labels", {}).get(row_key, {}).get(model, model)]
+            row += [_fmt(cells[c]) if cells.get(c) else "—" for c in columns]
+            for new, old in comparisons:
+                if cells.get(new) and cells.get(old):
+                    row.append(_signed_change(_mean_std(cells[new])[0], _mean_std(cells[old])[0]))
+                else:
+                    row.append("—")
+            rows.append(row)
+        return header, rows, failed
+    row_keys = [k for k in exp.params if k != "seed"]
+    grouped_rows: dict[str, list[dict[str, float]]] = {}
+    for r in results:
+        grouped_rows.setdefault(_label(r.run, layout, row_keys), [])
+        if r.metrics:
+            grouped_rows[_label(r.run, layout, row_keys)].append(r.metrics)
+    header = [layout.get("row_title", "Method"), *METRIC_NAMES]
+    rows = []
+    for label, metric_list in grouped_rows.items():
+        rows.append([label] + ([_fmt([m[k] for m in metric_list]) for k in METRIC_KEYS] if metric_list
+                               else ["—"] * len(METRIC_KEYS)))
+    return header, rows, failed
+
+
+def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(exp: Experiment, results: list[RunResult], out_dir: Path, command: str) -> str:
+    header, rows, failed = build_table(exp, results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = f"{exp.layout.get('title', exp.name)}\n\n" + to_markdown(header, rows)
+    text += f"\nCommand: `{command}`\n"
+    if failed:
+        text += "\nRuns without results (failed or not run yet):\n"
+        text += "".join(f"- {r.run.describe()}: {'FAILED, log ' + str(r.log) if r.failed else 'missing'}\n"
+                        for r in failed)
+    _atomic_write(out_dir / "table.md", text)
+    tmp = out_dir / "table.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, out_dir / "table.csv")
+    if exp.layout.get("figure") == "fig6":
+        plot_fig6(exp, results, out_dir / "fig6.png", command)
+    return text
+
+
+def plot_fig6(exp: Experiment, results: list[RunResult], path: Path, command: str) -> None:
+    """Fig. 6: mAP against α, one line per KD loss (mean over seeds, std as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = exp.layout.get("labels", {}).get("kd", {})
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
+    for loss in exp.params["kd"]:
+        xs, ys, es = [], [], []
+        for alpha in exp.params["alpha"]:
+            values = [r.metrics["map"] for r in results if r.metrics
+                      and dict(r.run.params).get("kd") == loss and dict(r.run.params).get("alpha") == alpha]
+            if values:
+                mean, std = _mean_std(values)
+                xs.append(float(alpha)), ys.append(mean), es.append(std)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels.get(loss, loss))
+    ax.set_xlabel("α")
+    ax.set_ylabel("mAP")
+    ax.set_title("mAP vs α per KD loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, command, fontsize=6, color="gray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,153 @@
+"""Sweeps: grid expansion from the experiment presets, bookkeeping, resume, aggregation and Fig. 6."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fgkd import sweeps
+
+FIVE = dict(zip(sweeps.METRIC_KEYS, (0.25, 0.5, 0.2, 0.3, 0.4), strict=True))
+
+
+def _fabricate(run: sweeps.Run, sweep_dir: Path, metrics: dict | None, failed: bool = False) -> Path:
+    d = run.directory(sweep_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps({"final": metrics, "teacher": {"map": 0.9}}))
+    if failed:
+        (d / "FAILED").write_text("exit code 1\n")
+        (d / "train.log").write_text("Traceback …\n")
+    return d
+
+
+@pytest.mark.parametrize(
+    "name,count",
+    [("table1", 9), ("table2", 9), ("table3", 24), ("table4", 7), ("table5", 12), ("table6", 8), ("fig6", 12)],
+)
+def test_presets_expand_to_the_papers_grids(name, count):
+    exp = sweeps.load_experiment(name)
+    runs = exp.runs("smoke", seeds=1)
+    assert len(runs) == count
+    assert len({r.run_id for r in runs}) == count  # every grid point has its own identity
+    assert len(exp.runs("smoke", seeds=3)) == 3 * count
+
+
+def test_table5_grid_is_loss_times_alpha_and_fig6_reuses_it():
+    t5, f6 = sweeps.load_experiment("table5"), sweeps.load_experiment("fig6")
+    assert t5.params == {"kd": ["mse", "mmd", "cwd", "cs"], "alpha": ["0.1", "0.5", "1"]}
+    assert [r.run_id for r in f6.runs()] == [r.run_id for r in t5.runs()]
+    assert f6.layout["figure"] == "fig6"
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ValueError, match="table5"):
+        sweeps.load_experiment("table99")
+
+
+def test_run_identity_depends_on_resolved_overrides_only():
+    a = sweeps.Run("table5", (("kd", "cs"), ("alpha", "0.5")), "smoke", 0)
+    b = sweeps.Run("table5", (("kd", "cs"), ("alpha", "0.5")), "smoke", 0)
+    c = sweeps.Run("table5", (("kd", "cs"), ("alpha", "0.5")), "smoke", 1)
+    assert a.run_id == b.run_id != c.run_id
+    assert a.overrides == ["experiment=table5", "kd=cs", "alpha=0.5", "scale=smoke", "seed=0"]
+
+
+def test_aggregation_of_fabricated_runs_with_a_failed_and_a_duplicated_run(tmp_path):
+    exp = sweeps.load_experiment("table5")
+    runs = exp.runs("smoke", seeds=2)
+    for i, run in enumerate(runs):
+        p = dict(run.params)
+        if p == {"kd": "mmd", "alpha": "1"} and run.seed == 1:
+            _fabricate(run, tmp_path, None, failed=True)
+            continue
+        bump = 0.01 * run.seed + (0.05 if p["kd"] == "cs" and p["alpha"] == "0.5" else 0.0)
+        _fabricate(run, tmp_path, {k: v + bump for k, v in FIVE.items()})
+    # a stray copy of a finished run (e.g. copied by hand) must not be counted twice
+    dup = runs[0].directory(tmp_path)
+    (tmp_path / "runs" / (dup.name + "-copy")).mkdir()
+    (tmp_path / "runs" / (dup.name + "-copy") / "metrics.json").write_text(json.dumps({"final": FIVE}))
+
+    results = sweeps.collect_results(exp, tmp_path, "smoke", seeds=2)
+    header, rows, failed = sweeps.build_table(exp, results)
+    assert header == ["Method", "mAP", "mAP50", "mAR1", "mAR10", "mAR100"]
+    assert [r[0] for r in rows][:3] == ["MSE, α = 0.1", "MSE, α = 0.5", "MSE, α = 1"]
+    assert len(rows) == 12
+    cs05 = rows[[r[0] for r in rows].index("CS, α = 0.5")]
+    assert cs05[1] == "0.305 ± 0.007"  # mean(0.30, 0.31), sample std 0.00707
+    mse01 = rows[0]
+    assert mse01[1] == "0.255 ± 0.007"
+    mmd1 = rows[[r[0] for r in rows].index("MMD, α = 1")]
+    assert mmd1[1] == "0.250"  # only the seed-0 run finished
+    assert [f.run.describe() for f in failed] == ["kd=mmd alpha=1 seed=1"]
+    text = sweeps.write_outputs(exp, results, tmp_path / "out", "python sweep.py table5 seeds=2")
+    assert "FAILED, log" in text and "train.log" in text
+    assert (tmp_path / "out" / "table.csv").read_text().splitlines()[0] == "Method,mAP,mAP50,mAR1,mAR10,mAR100"
+    assert (tmp_path / "out" / "fig6.png").stat().st_size > 10_000
+
+
+def test_table3_comparison_columns_format_like_the_paper(tmp_path):
+    exp = sweeps.load_experiment("table3")
+    values = {"base": 0.219, "feature_kd_cs": 0.207, "proposed": 0.223}  # YOLOv5n row of the paper
+    for run in exp.runs():
+        p = dict(run.params)
+        if p["model"] == "yolov6s":
+            _fabricate(run, tmp_path, {**FIVE, "map": values[p["method"]]})
+    header, rows, failed = sweeps.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", 1))
+    assert header == ["Model", "Base", "Feature-KD", "Proposed", "vs Base", "vs Feature-KD"]
+    row = next(r for r in rows if r[0] == "YOLOv6s")
+    assert row[1:] == ["0.219", "0.207", "0.223", "+0.004 (+1.8%)", "+0.016 (+7.7%)"]
+    assert next(r for r in rows if r[0] == "YOLOv8n")[1] == "—"
+    assert len(failed) == 21  # missing runs are listed, not dropped
+
+
+def _fake_train(tmp_path: Path, fail_marker: Path) -> str:
+    script = tmp_path / "fake_train.py"
+    script.write_text(
+        "import json, sys, pathlib\n"
+        "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+        "out = pathlib.Path(args['hydra.run.dir'])\n"
+        f"if args.get('kd') == 'cwd' and pathlib.Path({str(fail_marker)!r}).exists():\n"
+        "    sys.exit('simulated crash')\n"
+        "with open(out.parent.parent / 'calls.txt', 'a') as f: f.write(out.name + '\\n')\n"
+        "m = {k: float(args.get('alpha', '0.5')) for k in ('map','map_50','mar_1','mar_10','mar_100')}\n"
+        "(out / 'metrics.json').write_text(json.dumps({'final': m}))\n"
+    )
+    return str(script)
+
+
+def test_interrupted_sweep_resumes_without_lost_or_duplicated_runs(tmp_path, monkeypatch):
+    fail_marker = tmp_path / "fail_cwd"
+    fail_marker.write_text("1")
+    script = _fake_train(tmp_path, fail_marker)
+    monkeypatch.setattr(sweeps, "train_command",
+                        lambda run, run_dir, extra=(): [sys.executable, script, *run.overrides,
+                                                        f"hydra.run.dir={run_dir}"])
+    exp = sweeps.load_experiment("table5")
+    runs, lines = exp.runs("smoke", 1), []
+    first = sweeps.launch(runs, tmp_path, "local", echo=lines.append)
+    assert sum(r.failed for r in first) == 3  # the three cwd runs crashed
+    assert any("FAILED" in line and "train.log" in line for line in lines)
+    fail_marker.unlink()
+    lines.clear()
+    second = sweeps.launch(runs, tmp_path, "local", echo=lines.append)
+    assert not any(r.failed for r in second)
+    assert sum("skipped" in line for line in lines) == 9
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert len(calls) == 12 and len(set(calls)) == 12  # every run trained exactly once
+    # a third call trains nothing
+    sweeps.launch(runs, tmp_path, "joblib", n_jobs=2, echo=lines.append)
+    assert len((tmp_path / "calls.txt").read_text().split()) == 12
+
+
+def test_joblib_launcher_runs_in_parallel_and_collects(tmp_path, monkeypatch):
+    script = _fake_train(tmp_path, tmp_path / "never")
+    monkeypatch.setattr(sweeps, "train_command",
+                        lambda run, run_dir, extra=(): [sys.executable, script, *run.overrides,
+                                                        f"hydra.run.dir={run_dir}"])
+    exp = sweeps.load_experiment("table6")
+    results = sweeps.launch(exp.runs(), tmp_path, "joblib", n_jobs=2, echo=lambda _: None)
+    assert len(results) == 8 and all(r.metrics == {k: 0.5 for k in sweeps.METRIC_KEYS} for r in results)
