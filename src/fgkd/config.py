@@ -1,0 +1,149 @@
+"""Checks on the composed Hydra config, run before anything is built (train.py calls :func:`validate` first).
+
+Hydra already rejects unknown *group options* (``model=yolov9`` lists the files in ``conf/model``); this
+module checks the *values* inside the composed config — registry names, enumerations, ranges — and fails
+with a :class:`ConfigError` that names the key, the bad value, the allowed values and a fix. It returns a
+small typed :class:`RunSettings` so the code downstream reads typed fields, not raw strings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+STAGES = ("full", "teacher", "student")
+VIEWS = ("preprocessed", "original")
+
+
+class ConfigError(ValueError):
+    """A bad value in the composed config; the message names the key and the allowed values."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The typed top-level knobs of one run (``conf/train.yaml``)."""
+
+    stage: str
+    model: str
+    kd: str
+    preprocess: str
+    alpha: float
+    imgsz: int
+    batch_size: int
+    epochs: int
+    seed: int | None
+    eval_view: str
+    teacher_view: str
+    teacher_ckpt: str | None
+    teacher_epochs: int
+
+
+_REQUIRED: Any = object()
+
+
+def _get(cfg: DictConfig, key: str, default: Any = _REQUIRED) -> Any:
+    """``cfg.<key>``; a missing/null required key raises a ConfigError, an optional one gives ``default``."""
+    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"config key {key!r} is missing or null; it is required (see conf/train.yaml)")
+        return default
+    return value
+
+
+def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...], hint: str | None = None) -> str:
+    if value not in allowed:
+        fix = hint or f"python train.py {key}={allowed[0]}"
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)} (e.g. `{fix}`)")
+    return str(value)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _known(import_names: str) -> list[str] | None:
+    """Registry names from an optional module; None when that module is not importable (yet)."""
+    try:
+        if import_names == "model":
+            from fgkd.models.detectors.base import list_detectors
+
+            return list_detectors()
+        if import_names == "kd":
+            from fgkd.distill.losses import KD_LOSSES
+
+            return sorted(KD_LOSSES)
+        if import_names == "preprocess":
+            from fgkd.preprocess import COMBOS
+
+            return list(COMBOS)
+    except ImportError:
+        return None
+    raise AssertionError(import_names)
+
+
+def validate(cfg: DictConfig) -> RunSettings:
+    """Check the composed config; raise :class:`ConfigError` naming the first bad key."""
+    stage = _choice("stage", _get(cfg, "stage"), STAGES)
+    eval_view = _choice("eval_view", _get(cfg, "eval_view"), VIEWS)
+
+    model = _get(cfg, "model.name")
+    known = _known("model")
+    if known is not None:
+        _choice("model.name", model, known, hint=f"python train.py model={known[0]}")
+    kd = _get(cfg, "kd.name")
+    known = _known("kd")
+    if known is not None:
+        _choice("kd.name", kd, known, hint="python train.py kd=cs")
+    teacher_view = _choice("kd.teacher_view", _get(cfg, "kd.teacher_view", "preprocessed"), VIEWS)
+    preprocess = _get(cfg, "preprocess.combo")
+    known = _known("preprocess")
+    if known is not None:
+        _choice("preprocess.combo", preprocess, known, hint="python train.py preprocess=rb_sf")
+
+    alpha = _get(cfg, "alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ConfigError(f"alpha must be a finite number >= 0 (the KD weight of Eq. 9), got {alpha!r}")
+    imgsz = _int("imgsz", _get(cfg, "imgsz"), 32)
+    if imgsz % 32:
+        raise ConfigError(f"imgsz must be a multiple of 32 (the detectors' largest stride), got {imgsz}; e.g. imgsz={32 * max(1, round(imgsz / 32))}")
+    batch_size = _int("batch_size", _get(cfg, "batch_size"), 1)
+    epochs = _int("epochs", _get(cfg, "epochs"), 1)
+    _int("num_workers", _get(cfg, "num_workers", 0), 0)
+    seed = _get(cfg, "seed", None)
+    if seed is not None:
+        _int("seed", seed, 0)
+    teacher_ckpt = _get(cfg, "teacher.ckpt", None)
+    teacher_epochs = _int("teacher.epochs", _get(cfg, "teacher.epochs", epochs), 1)
+
+    if teacher_ckpt is not None and not Path(str(teacher_ckpt)).expanduser().is_file():
+        raise ConfigError(f"teacher.ckpt={teacher_ckpt!r}: file not found; give a path to a trained teacher checkpoint")
+    resume = _get(cfg, "ckpt_path", None)
+    if resume is not None and not Path(str(resume)).expanduser().is_file():
+        raise ConfigError(f"ckpt_path={resume!r}: file not found; give a run's checkpoints/last.ckpt to resume")
+    if stage == "student" and kd != "none" and teacher_ckpt is None:
+        raise ConfigError(
+            "stage=student with a KD loss needs a trained teacher: set teacher.ckpt=<path to teacher .ckpt/.pt> "
+            "(or use stage=full to train and cache the teacher first)"
+        )
+
+    recipe = _get(cfg, "model.recipe", None)
+    if recipe is not None:
+        from fgkd.lit.optim import Recipe, RecipeError
+
+        try:
+            Recipe.from_config(OmegaConf.to_container(recipe, resolve=True))
+        except RecipeError as err:
+            raise ConfigError(str(err)) from None
+
+    return RunSettings(
+        stage=stage, model=str(model), kd=str(kd), preprocess=str(preprocess), alpha=float(alpha), imgsz=imgsz,
+        batch_size=batch_size, epochs=epochs, seed=seed, eval_view=eval_view, teacher_view=teacher_view,
+        teacher_ckpt=str(teacher_ckpt) if teacher_ckpt is not None else None, teacher_epochs=teacher_epochs,
+    )

@@ -1,0 +1,333 @@
+"""LightningModule for detection: base training, teacher training on X_M, and FAKD student training.
+
+``loss = task + alpha * sum_k d(F_S^k, F_T^k)`` (FAKD Eq. 9; the KD loss sums over the K taps, Eq. 8).
+
+* ``view`` picks the batch key the student trains on (``original`` -> ``batch["images"]`` = X,
+  ``preprocessed`` -> ``batch["teacher_images"]`` = X_M: the teacher stage), ``val_view`` the one it is
+  validated on (Table 1 validates teachers on X_M, Table 2 on X).
+* The teacher (optional) is frozen: ``eval()``, ``requires_grad_(False)``, run under ``torch.no_grad()``
+  (not ``inference_mode``, ecosystem.md §3.3). It is held by :class:`FrozenTeacher`, a plain attribute and
+  *not* a registered sub-module, so it is never in ``parameters()`` (optimizer, DDP buckets, EMA),
+  ``state_dict()`` (checkpoints), ``.train()`` (Lightning's mode switches) or SyncBatchNorm conversion;
+  ``_apply`` is extended so ``.to(device)`` still moves it. ``kd.teacher_view`` picks what it sees
+  (``preprocessed`` -> X_M, FAKD; ``original`` -> X, classical feature KD).
+* DDP: a task loss summed over the images (YOLOv8) is multiplied by the world size on each rank so the
+  averaged gradient equals the single-process one (as the reference trainers do); ``alpha * KD`` and
+  mean-reduced task losses are not (:func:`task_loss_reduction`; tests/test_ddp.py).
+* Validation: torchmetrics COCO mAP (``fgkd.metrics.detection``), ``update`` per step and ``compute`` at
+  epoch end; logged as ``val/map val/map_50 val/mar_1 val/mar_10 val/mar_100`` and ``val/ap/<class>``.
+  With :class:`fgkd.lit.callbacks.YoloEMA` the validated weights are the EMA weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from fgkd.lit.optim import Recipe, configure_recipe
+from fgkd.metrics.detection import FIVE_METRICS, build_map_metric, split_targets, summarize, write_json_atomic
+from fgkd.models.detectors.base import Detector
+
+#: view name -> batch key (CONTRACT.md "Batch")
+VIEW_KEYS: dict[str, str] = {"original": "images", "preprocessed": "teacher_images"}
+VIEWS = tuple(VIEW_KEYS)
+
+
+def batch_images(batch: Mapping[str, Any], view: str) -> torch.Tensor:
+    """The image tensor of ``view`` from a detection batch, with a clear error when it is missing."""
+    if view not in VIEW_KEYS:
+        raise ValueError(f"unknown view {view!r}; allowed: {', '.join(VIEWS)}")
+    key = VIEW_KEYS[view]
+    if key not in batch:
+        raise KeyError(
+            f"the batch has no {key!r} (needed for view={view!r}): the datamodule builds the preprocessed "
+            "view X_M only when it is given a preprocess combo; choose one with e.g. `preprocess=rb_sf`"
+        )
+    return batch[key]
+
+
+def task_loss_reduction(detector: nn.Module) -> str:
+    """``"sum"`` when the detector's task loss is summed over the images of a batch, else ``"mean"``.
+
+    A detector may declare it as ``loss_reduction``; otherwise the YOLOv8 family is "sum" (the reference
+    returns ``loss * batch_size``, detectors.md §3.2) and every other family "mean".
+    """
+    declared = getattr(detector, "loss_reduction", None)
+    if declared is not None:
+        if declared not in ("sum", "mean"):
+            raise ValueError(f"{type(detector).__name__}.loss_reduction must be 'sum' or 'mean', got {declared!r}")
+        return str(declared)
+    return "sum" if getattr(detector, "family", "") == "yolov8" else "mean"
+
+
+class FrozenTeacher:
+    """A frozen detector kept *outside* the LightningModule's registered children.
+
+    ``copy.deepcopy`` returns the same object: the EMA callback deep-copies the LightningModule, and the
+    frozen teacher must be shared by that copy rather than duplicated (it never changes).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTeacher:
+        return self
+
+    def forward(self, images: torch.Tensor, tap_names: Sequence[str] | None = None) -> tuple[Any, list[torch.Tensor]]:
+        """``(raw, tapped features)`` for ``images``, in eval mode and without autograd."""
+        from fgkd.distill.taps import FeatureTaps
+
+        self.model.eval()  # defensive: nothing may have switched it back to train mode
+        with torch.no_grad():
+            if tap_names:
+                with FeatureTaps(self.model, tap_names) as taps:
+                    raw = self.model(images)
+                return raw, taps.features
+            return self.model(images), []
+
+
+class DetectionModule(pl.LightningModule):
+    """Student detector (+ optional frozen teacher and KD loss) trained with a YOLO fine-tuning recipe.
+
+    Args:
+        student: the detector to train (``fgkd.models.build_detector``).
+        detector_spec: ``{"name", "num_classes", "kwargs"}`` to rebuild the student from a checkpoint
+            (stored in the hyper-parameters; see ``fgkd.training.load_detector``).
+        class_names: names for the per-class AP keys ``val/ap/<name>``.
+        recipe: a model config's ``recipe`` block (``fgkd.lit.optim.Recipe.from_config``).
+        batch_size: per-device batch (learning-rate / weight-decay scaling).
+        dataset_size: number of training images (Ultralytics ``optimizer: auto`` rule); default from the loader.
+        teacher: frozen teacher detector (KD only); kd: a ``fgkd.distill.losses.KDLoss`` or its name;
+        kd_params: parameters when ``kd`` is a name; alpha: KD weight (Eq. 9).
+        taps / layers: ``kd.taps`` / ``kd.layers`` (``fgkd.distill.taps.select_taps``); teacher_view: ``kd.teacher_view``.
+        view / val_view: training / validation view of the student (``original`` | ``preprocessed``).
+        adapters: add 1×1 conv adapters on the student side where tapped channel counts differ.
+        conf / iou / max_det: ``postprocess`` settings for validation (COCO protocol: 0.001 / 0.7 / 300).
+        history_path: JSON file rewritten (atomically, rank 0) after every validation epoch with
+            ``{"history": [...], "best": {...}}``; it survives ``ddp_spawn`` (whose workers' Python attributes
+            do not come back to the main process) and crashes.
+    """
+
+    def __init__(
+        self,
+        student: Detector,
+        *,
+        detector_spec: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        batch_size: int = 16,
+        dataset_size: int | None = None,
+        teacher: nn.Module | None = None,
+        kd: Any = None,
+        kd_params: Mapping[str, Any] | None = None,
+        alpha: float = 0.0,
+        taps: Sequence[str] | None = None,
+        layers: int | None = None,
+        teacher_view: str = "preprocessed",
+        view: str = "original",
+        val_view: str | None = None,
+        adapters: bool = True,
+        conf: float = 0.001,
+        iou: float = 0.7,
+        max_det: int = 300,
+        history_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        val_view = view if val_view is None else val_view
+        for key, value in (("view", view), ("val_view", val_view), ("kd.teacher_view", teacher_view)):
+            if value not in VIEW_KEYS:
+                raise ValueError(f"{key}={value!r} is not a view; allowed: {', '.join(VIEWS)}")
+        if not alpha >= 0 or math.isinf(alpha):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        self.save_hyperparameters(ignore=["student", "teacher", "kd", "history_path"])
+        self.hparams["kd_name"] = kd if isinstance(kd, str) or kd is None else getattr(kd, "name", type(kd).__name__)
+
+        self.student = student
+        self.class_names = list(class_names) if class_names is not None else None
+        self.recipe = Recipe.from_config(recipe)
+        self.batch_size = int(batch_size)
+        self.dataset_size = dataset_size
+        self.alpha = float(alpha)
+        self.view, self.val_view, self.teacher_view = view, val_view, teacher_view
+        self.postprocess_kwargs = dict(conf=conf, iou=iou, max_det=max_det)
+
+        if isinstance(kd, str) or kd is None:
+            from fgkd.distill.losses import build_kd_loss
+
+            kd = build_kd_loss(kd or "none", **dict(kd_params or {}))
+        self.kd_loss = kd
+        self._teacher = FrozenTeacher(teacher) if teacher is not None else None
+        if self.kd_loss.enabled and self._teacher is None:
+            raise ValueError(f"kd={self.hparams['kd_name']!r} needs a teacher; pass teacher= (or use kd=none)")
+
+        self.tap_names: list[str] = []
+        self.kd_adapters = nn.ModuleList()
+        if self.distills and not self.kd_loss.uses_logits:
+            from fgkd.distill.adapters import build_adapters
+            from fgkd.distill.taps import probe_channels, select_taps
+
+            self.tap_names = select_taps(student, taps, layers)
+            student_channels = probe_channels(student, self.tap_names)
+            teacher_channels = probe_channels(self._teacher.model, self.tap_names)
+            if student_channels != teacher_channels and not adapters:
+                raise ValueError(
+                    f"tapped channels differ (student {student_channels} vs teacher {teacher_channels}); "
+                    "enable adapters or tap layers with equal channels"
+                )
+            self.kd_adapters = build_adapters(student_channels, teacher_channels)
+
+        self.val_map = build_map_metric()
+        #: per validation epoch (sanity check excluded): {"epoch", "step", **scalars}
+        self.val_history: list[dict[str, Any]] = []
+        self.best_val: dict[str, Any] | None = None
+        self.history_path = Path(history_path) if history_path is not None else None
+
+    # -- teacher handling -------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher.model if self._teacher is not None else None
+
+    @property
+    def distills(self) -> bool:
+        """True when a KD term is computed (a teacher, an enabled KD loss and alpha > 0)."""
+        return self._teacher is not None and self.kd_loss.enabled and self.alpha > 0
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DetectionModule:
+        super()._apply(fn, recurse)
+        if self._teacher is not None:  # not a registered child, so move/cast it explicitly
+            self._teacher.model._apply(fn)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        if self._teacher is not None:
+            self._teacher.model.eval()
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.student(images)
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, logs)`` for one training batch; ``logs`` holds detached scalars keyed ``train/...``."""
+        from fgkd.distill.taps import FeatureTaps
+
+        images = batch_images(batch, self.view)
+        targets = batch["targets"]
+        tapping = self.distills and not self.kd_loss.uses_logits
+        if tapping:
+            with FeatureTaps(self.student, self.tap_names) as student_taps:
+                raw = self.student(images)
+            student_feats = student_taps.features
+        else:
+            raw = self.student(images)
+        task, parts = self.student.loss(raw, targets, epoch=self.current_epoch)
+        logs: dict[str, torch.Tensor] = {"train/task": task.detach()}
+        logs.update({f"train/{name}": value.detach() for name, value in parts.items()})
+        # DDP averages gradients over ranks. A task loss summed over the images (YOLOv8's loss * batch_size)
+        # must then be multiplied by the world size to give the single-process gradient of the global batch,
+        # as the reference trainers do; a batch mean (YOLOv6's loss, every KD loss) is right as it is.
+        world_size = self._trainer.world_size if self._trainer is not None else 1
+        task_factor = world_size if task_loss_reduction(self.student) == "sum" else 1
+        total = task * task_factor if task_factor != 1 else task
+        objective = task.detach()
+        if self.distills:
+            assert self._teacher is not None
+            teacher_raw, teacher_feats = self._teacher.forward(
+                batch_images(batch, self.teacher_view), None if self.kd_loss.uses_logits else self.tap_names
+            )
+            if self.kd_loss.uses_logits:
+                names, pairs = ["cls"], ([raw["cls"]], [teacher_raw["cls"]])
+            else:
+                from fgkd.distill.adapters import apply_adapters
+
+                names, pairs = self.tap_names, (apply_adapters(self.kd_adapters, student_feats), teacher_feats)
+            terms = self.kd_loss.per_tap(*pairs)
+            kd_total = torch.stack(terms).sum()
+            total = total + self.alpha * kd_total
+            objective = objective + self.alpha * kd_total.detach()
+            logs["train/kd"] = kd_total.detach()
+            logs.update({f"train/kd/{name}": term.detach() for name, term in zip(names, terms, strict=True)})
+        # Logged: task + alpha * KD (Eq. 9) without the DDP factor, comparable across world sizes.
+        logs["train/loss"] = objective
+        return total, logs
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        total, logs = self.compute_loss(batch)
+        batch_size = batch_images(batch, self.view).shape[0]
+        logs["train/alpha"] = torch.tensor(self.alpha)
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+        if self._trainer is not None and self.trainer.optimizers:
+            groups = self.trainer.optimizers[0].param_groups
+            self.log("train/lr", groups[min(1, len(groups) - 1)]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
+        return total
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        images = batch_images(batch, self.val_view)
+        raw = self.student(images)
+        task, _ = self.student.loss(raw, batch["targets"], epoch=self.current_epoch)
+        if self._trainer is not None:
+            self.log("val/loss", task, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        preds = self.student.postprocess(raw, **self.postprocess_kwargs)
+        preds = [{k: v.detach() for k, v in p.items()} for p in preds]
+        self.val_map.update(preds, split_targets(batch["targets"].detach(), images.shape[0]))
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() gathers every rank's predictions, so the values are identical on all ranks (no sync_dist).
+        scalars = summarize(self.val_map.compute(), self.class_names)
+        self.val_map.reset()
+        if self._trainer is not None:
+            self.log_dict({f"val/{name}": value for name, value in scalars.items()}, prog_bar=False)
+            self.log("map", scalars["map"], prog_bar=True, logger=False)
+            if self.trainer.sanity_checking:
+                return
+        record = {"epoch": self.current_epoch, "step": self.global_step, **scalars}
+        self.val_history.append(record)
+        if self.best_val is None or record["map"] > self.best_val["map"]:
+            self.best_val = record
+        if self.history_path is not None and (self._trainer is None or self.trainer.is_global_zero):
+            write_json_atomic(self.history_path, {"history": self.val_history, "best": self.best_val})
+
+    # -- optimization ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 - sets up the train loader, so the counts below are known
+        batches_per_epoch = int(trainer.num_training_batches)
+        if not math.isfinite(batches_per_epoch) or batches_per_epoch < 1:
+            raise ValueError("the training loader must have a finite, non-zero length")
+        dataset_size = self.dataset_size or batches_per_epoch * self.batch_size * trainer.world_size
+        optimizer, scheduler, resolved = configure_recipe(
+            [self],
+            self.recipe,
+            num_classes=int(self.student.num_classes),
+            batch_size=self.batch_size,
+            accumulate=int(trainer.accumulate_grad_batches),
+            epochs=int(trainer.max_epochs or 1),
+            batches_per_epoch=batches_per_epoch,
+            dataset_size=dataset_size,
+            world_size=trainer.world_size,
+        )
+        self.resolved_optimizer = resolved
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- export ---------------------------------------------------------------------------------------------
+    def student_payload(self) -> dict[str, Any]:
+        """What a student/teacher weights file holds: the detector's state_dict and how to rebuild it."""
+        return {
+            "state_dict": copy.deepcopy(self.student.state_dict()),
+            "detector": dict(self.hparams.get("detector_spec") or {}),
+            "class_names": self.class_names,
+        }
+
+    def five_metrics(self) -> dict[str, float]:
+        best = self.best_val or {}
+        return {name: float(best.get(name, math.nan)) for name in FIVE_METRICS}

@@ -1,0 +1,115 @@
+"""Detection metrics: a thin wrapper over torchmetrics' COCO-style ``MeanAveragePrecision``.
+
+This is the one place that names the paper's five reported columns (mAP, mAP50, mAR1, mAR10, mAR100);
+the training loop, ``metrics.json``, the printed tables and the sweep aggregation all read them from here.
+Evaluation facts (backend, non-scalar outputs, update/compute split): /work/shared/reference/detectors.md §6.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+
+#: metric keys of torchmetrics' MeanAveragePrecision reported by the paper (Tables 1-5), in column order
+FIVE_METRICS: list[str] = ["map", "map_50", "mar_1", "mar_10", "mar_100"]
+#: the paper's column headers
+DISPLAY_NAMES: dict[str, str] = {
+    "map": "mAP",
+    "map_50": "mAP50",
+    "mar_1": "mAR1",
+    "mar_10": "mAR10",
+    "mar_100": "mAR100",
+}
+#: prefix of the per-class AP keys (``ap/<class_name>``)
+PER_CLASS_PREFIX = "ap/"
+
+
+def build_map_metric(**overrides: Any) -> MeanAveragePrecision:
+    """COCO mAP over IoU 0.50:0.95 with per-class AP, on the faster_coco_eval backend (≈4-5× pycocotools)."""
+    kwargs: dict[str, Any] = dict(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
+    kwargs.update(overrides)
+    metric = MeanAveragePrecision(**kwargs)
+    # Low-confidence predictions (conf 0.001, up to 300 per image) are the COCO protocol; COCOeval keeps the
+    # top 100 per image itself, so the "more than 100 detections" warning is noise here.
+    metric.warn_on_many_detections = False
+    # faster_coco_eval logs its whole COCO summary at INFO on every compute (once per class with class_metrics).
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+    return metric
+
+
+def split_targets(targets: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Batch targets ``float[M, 6]`` rows ``(batch_index, class, x1, y1, x2, y2)`` -> one dict per image."""
+    if targets.ndim != 2 or targets.shape[-1] != 6:
+        raise ValueError(f"targets must be float[M, 6] (batch_index, class, x1, y1, x2, y2), got {tuple(targets.shape)}")
+    image_index = targets[:, 0].long()
+    per_image = []
+    for i in range(batch_size):
+        rows = targets[image_index == i]
+        per_image.append({"boxes": rows[:, 2:6].float(), "labels": rows[:, 1].long()})
+    return per_image
+
+
+def summarize(result: Mapping[str, torch.Tensor], class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """Scalars to log/save: the five metrics plus ``ap/<class_name>`` for every class seen in preds or targets.
+
+    Non-scalar outputs (``classes``, ``*_per_class``) are dropped here (``log_dict`` cannot take them).
+    ``-1`` keeps the COCO meaning "not applicable" (e.g. no ground truth at all in the split).
+    """
+    scalars = {name: float(result[name]) for name in FIVE_METRICS}
+    if "classes" in result and "map_per_class" in result:
+        classes = result["classes"].reshape(-1).tolist()
+        per_class = result["map_per_class"].reshape(-1).tolist()
+        if len(per_class) == len(classes):  # class_metrics=False gives a single -1 instead
+            for class_id, ap in zip(classes, per_class, strict=True):
+                name = class_names[class_id] if class_names is not None and 0 <= class_id < len(class_names) else str(class_id)
+                scalars[PER_CLASS_PREFIX + name] = float(ap)
+    return scalars
+
+
+def five(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The five reported values from a (possibly prefixed, e.g. ``val/``) metrics mapping; missing -> nan."""
+    return {name: float(metrics.get(prefix + name, math.nan)) for name in FIVE_METRICS}
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]] | Mapping[str, Any], digits: int = 3) -> str:
+    """A small fixed-width table with the paper's column headers.
+
+    ``rows`` is either one metrics mapping (printed as a single row named "result") or ``{row_name: metrics}``.
+    """
+    if all(not isinstance(v, Mapping) for v in rows.values()):
+        rows = {"result": rows}  # type: ignore[dict-item]
+    label_width = max([len("run")] + [len(str(k)) for k in rows])
+    header = f"{'run':<{label_width}}  " + "  ".join(f"{DISPLAY_NAMES[m]:>7}" for m in FIVE_METRICS)
+    lines = [header, "-" * len(header)]
+    for label, metrics in rows.items():
+        values = five(metrics)  # type: ignore[arg-type]
+        cells = "  ".join(f"{values[m]:>7.{digits}f}" for m in FIVE_METRICS)
+        lines.append(f"{str(label):<{label_width}}  {cells}")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write JSON via a temporary file in the same folder + ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
