@@ -28,7 +28,8 @@ from fgkd.teacher_cache import CHECKPOINT_NAME, CacheEntry, TeacherCache
 from fgkd.training import METRICS_FILE, FitResult, fit, load_detector
 
 #: trainer / callback keys that do not change what a teacher learns (logging and bookkeeping only)
-_NON_SHAPING_TRAINER_KEYS = ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+_NON_SHAPING_TRAINER_KEYS = ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+                             "max_epochs")  # the teacher's epochs are teacher.epochs, recorded on their own
 
 
 @dataclass
@@ -153,8 +154,10 @@ def run(cfg: DictConfig) -> PipelineResult:
 
     print(f"[fakd] stage 2/2: training the student ({cfg.model.name}) on original images, "
           f"kd={cfg.kd.name} alpha={cfg.alpha}", flush=True)
+    # ckpt_path=auto (sweeps, requeued jobs): continue the student from <run>/student/checkpoints/last.ckpt;
+    # the teacher stage needs no resume, the cache holds only finished teachers.
     student = fit(cfg, output_dir=output_dir / "student", view="original", val_view="original",
-                  teacher=teacher, tag="student")
+                  teacher=teacher, tag="student", ckpt_path=OmegaConf.select(cfg, "ckpt_path"))
     payload = {
         "final": student.five,
         "student": student.five,

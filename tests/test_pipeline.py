@@ -1,0 +1,90 @@
+"""The two-stage FAKD pipeline: teacher cache key, one teacher shared by students, metrics.json, given teachers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from fgkd.pipeline import run, teacher_spec
+from fgkd.teacher_cache import spec_key
+
+TINY = [
+    "imgsz=64", "epochs=1", "batch_size=2", "num_workers=0",
+    "data.synthpipes.num_images=8", "data.synthpipes.max_side=96",
+    "trainer.limit_train_batches=2", "logger=none", "trainer.enable_progress_bar=false",
+]
+
+
+def _key(compose_train, *overrides):
+    return spec_key(teacher_spec(compose_train("kd=cs", "preprocess=rb_sf", *overrides)))
+
+
+def test_teacher_key_changes_with_every_setting_that_shapes_the_teacher(compose_train):
+    base = _key(compose_train)
+    for shaping in ["preprocess.sharpen_strength=2.0", "preprocess=rb", "model=yolov6n", "teacher.epochs=3",
+                    "imgsz=128", "batch_size=4", "seed=1", "data.synthpipes.num_images=40",
+                    "model.recipe.optimizer.weight_decay=0.001", "trainer.gradient_clip_val=1.0"]:
+        assert _key(compose_train, shaping) != base, shaping
+    # settings of the student stage and of logging do not: Table 5 trains ONE teacher for 12 students
+    for neutral in ["kd=mse", "kd=mmd", "alpha=0.1", "logger=none", "trainer.enable_progress_bar=false"]:
+        assert _key(compose_train, neutral) == base, neutral
+    # the student's epochs do not either, once the teacher's are fixed
+    assert _key(compose_train, "epochs=3", "teacher.epochs=10") == _key(compose_train, "teacher.epochs=10")
+
+
+def test_classical_feature_kd_teacher_ignores_the_preprocessing(compose_train):
+    rb = _key(compose_train, "kd.teacher_view=original", "preprocess=rb")
+    assert rb == _key(compose_train, "kd.teacher_view=original", "preprocess=bb_ef")
+    assert rb != _key(compose_train)  # an original-view teacher is a different teacher
+
+
+def test_preprocessed_teacher_needs_a_combo(compose_train):
+    with pytest.raises(ValueError, match="preprocess=rb_sf"):
+        run(compose_train(*TINY, "kd=cs", "preprocess=none"))
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_path):
+    first = run(compose_train(*TINY, "kd=cs", "alpha=0.5", "preprocess=rb", output_dir=tmp_path / "cs"))
+    assert not first.teacher_reused and first.teacher_path.is_file()
+    teacher_hash = _sha(first.teacher_path)
+    second = run(compose_train(*TINY, "kd=mse", "alpha=0.1", "preprocess=rb", output_dir=tmp_path / "mse"))
+    assert second.teacher_reused and second.teacher_path == first.teacher_path
+    assert _sha(second.teacher_path) == teacher_hash  # distilling from it never writes it
+
+    payload = json.loads(second.metrics_path.read_text())
+    five = {"map", "map_50", "mar_1", "mar_10", "mar_100"}
+    assert set(payload["final"]) == five and payload["final"] == payload["student"]
+    assert set(payload["teacher"]) == five
+    assert payload["kd"] == "mse" and payload["alpha"] == 0.1 and payload["evaluated_on"].startswith("original")
+    assert payload["teacher_ckpt"]["reused"] is True and payload["teacher_ckpt"]["view"] == "preprocessed"
+    teacher_cfg = json.loads((first.teacher_path.parent / "spec.json").read_text())
+    assert teacher_cfg["preprocess"]["combo"] == "rb" and teacher_cfg["view"] == "preprocessed"
+
+    teacher_state = torch.load(first.teacher_path, weights_only=False)["state_dict"]
+    student_state = torch.load(second.student.detector_path, weights_only=False)["state_dict"]
+    assert teacher_state.keys() == student_state.keys()
+    assert any(not torch.equal(teacher_state[k], student_state[k]) for k in teacher_state)
+
+
+def test_given_heterogeneous_teacher_uses_adapters_outside_the_exported_student(compose_train, tmp_path):
+    from fgkd.models import build_detector
+    from fgkd.training import save_detector
+
+    teacher = build_detector("yolov8s", num_classes=3)
+    path = save_detector(tmp_path / "teacher.pt", teacher, {"name": "yolov8s", "num_classes": 3, "kwargs": {}},
+                         ["corrosion", "damaged_insulation", "dent"])
+    result = run(compose_train(*TINY, "model=yolov8n", "kd=cs", "preprocess=rb", f"teacher.ckpt={path}",
+                               output_dir=tmp_path / "hetero"))
+    ckpt = torch.load(result.best_ckpt, weights_only=False)["state_dict"]
+    assert any(k.startswith("kd_adapters.") for k in ckpt)  # 1x1 convs n -> s channels train with the student
+    exported = torch.load(result.student.detector_path, weights_only=False)
+    assert exported["detector"]["name"] == "yolov8n"
+    assert not any("adapter" in k for k in exported["state_dict"])
+    assert json.loads(result.metrics_path.read_text())["teacher_ckpt"]["source"] == "teacher.ckpt"
