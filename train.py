@@ -21,8 +21,13 @@ def main(cfg: DictConfig) -> float:
     settings = validate(cfg)
     result = run(cfg)
     label = f"{settings.model} {settings.stage} kd={settings.kd}" + (f" a={settings.alpha:g}" if settings.kd != "none" else "")
+    rows = {label: result.metrics}
+    teacher_metrics = getattr(result, "teacher_metrics", None)
+    if teacher_metrics:  # the FAKD pipeline: the teacher was validated on its own view
+        rows = {f"teacher ({cfg.model.name}, on {cfg.kd.teacher_view} view)": teacher_metrics,
+                f"student ({cfg.model.name}, kd={settings.kd} a={settings.alpha:g}, original)": result.metrics}
     print()
-    print(format_table({label: result.metrics}))
+    print(format_table(rows))
     print(f"run folder: {result.output_dir}")
     print(f"metrics:    {result.metrics_path}")
     if result.best_ckpt is not None:
