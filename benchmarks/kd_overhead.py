@@ -1,0 +1,127 @@
+"""How much a FAKD training step costs over a base training step: prints ``kd_over_base=<float>`` last.
+
+    python benchmarks/kd_overhead.py --model yolov6n --imgsz 320 --batch 8 [--steps 20] [--warmup 3]
+        [--kd cs] [--device auto] [--threads N] [--fuse-teacher] [--breakdown] [--profile]
+
+* base step: student forward + task loss + backward + optimizer step (a ``kd=none`` DetectionModule);
+* KD step: the same + the frozen teacher's ``no_grad`` forward on X_M + feature taps + the KD loss (a
+  ``kd=<name>`` DetectionModule with a teacher of the same architecture, alpha 0.5);
+* both go through the real ``DetectionModule.compute_loss`` with the recipe's optimizer (benchmarks/_common.py)
+  and are timed *alternately* in one process (ABBA order), so machine load and clock drift hit both alike;
+* reported: median (and p10/p90) ms per step; ``kd_over_base`` = median KD step / median base step. The
+  median of the per-pair ratios is printed too (robust to slow drift). Expected: about 1.3 (the teacher adds
+  one gradient-free forward, roughly a third of a training step); target <= 1.35.
+* ``--fuse-teacher`` adds a third alternated mode whose frozen teacher is fused (``model.fuse()``: BN folded
+  into convs, RepVGG branches re-parameterised; same eval outputs), to measure what fusing would save;
+* ``--breakdown`` times the pieces of the KD step; ``--profile`` prints torch.profiler's top operators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+TARGET = 1.35
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="yolov6n", help="a conf/model/*.yaml name (student and teacher)")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per mode")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per mode first")
+    parser.add_argument("--kd", default="cs", help="KD loss (conf/kd): cs mse mmd cwd kl")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--nc", type=int, default=3, help="number of classes")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="fp16 autocast (auto: on CUDA)")
+    parser.add_argument(
+        "--fuse-teacher", action="store_true",
+        help="also time a third mode whose frozen teacher is fused (model.fuse(): BN folding, RepVGG re-param)",
+    )
+    parser.add_argument("--breakdown", action="store_true", help="also time the pieces of the KD step")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
+    args = parser.parse_args(argv)
+    if args.kd == "none":
+        parser.error("--kd none has no KD step to compare; choose cs, mse, mmd, cwd or kl")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> float:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _common.resolve_device(args.device)
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    batch = _common.synthetic_batch(args.batch, args.imgsz, args.nc, device)
+
+    modes = [("base", "none"), ("kd", args.kd)] + ([("kd_fused", args.kd)] if args.fuse_teacher else [])
+    steps = {}
+    for mode, kd in modes:
+        module = _common.build_module(args.model, args.nc, device, kd=kd, alpha=args.alpha)
+        if mode == "kd_fused":
+            if not hasattr(module.teacher, "fuse"):
+                raise SystemExit(f"--fuse-teacher: {args.model} has no fuse()")
+            module.teacher.fuse()  # in place: the FrozenTeacher holds this very model
+            # fuse() builds new convs (trainable, train-mode modules): freeze again, as FrozenTeacher does
+            module.teacher.eval().requires_grad_(False)
+        optimizer, resolved = _common.build_optimizer(module, args.batch, args.nc)
+        steps[mode] = _common.TrainStep(module, optimizer, device, amp)
+    assert steps["kd"].module.distills and not steps["base"].module.distills
+
+    times: dict[str, list[float]] = {mode: [] for mode in steps}
+    for index in range(args.warmup + args.steps):
+        order = list(steps) if index % 2 == 0 else list(steps)[::-1]  # ABBA: no mode always goes first
+        for mode in order:
+            seconds = steps[mode].timed(batch)
+            if index >= args.warmup:
+                times[mode].append(seconds)
+
+    stats = {mode: _common.summary(values) for mode, values in times.items()}
+    ratio = stats["kd"]["median"] / stats["base"]["median"]
+    paired = statistics.median(k / b for k, b in zip(times["kd"], times["base"], strict=True))
+
+    print(
+        f"kd_overhead: model={args.model} imgsz={args.imgsz} batch={args.batch} kd={args.kd} alpha={args.alpha} "
+        f"device={_common.device_label(device)} amp={amp} optimizer={resolved.name} "
+        f"steps={args.steps} (+{args.warmup} warm-up) per mode, alternating"
+    )
+    rows = [
+        [mode, f"{s['median'] * 1e3:.1f}", f"{s['p10'] * 1e3:.1f}", f"{s['p90'] * 1e3:.1f}",
+         f"{args.batch / s['median']:.1f}"]
+        for mode, s in stats.items()
+    ]
+    _common.print_table(rows, ["step", "median ms", "p10 ms", "p90 ms", "images/s"])
+    print(f"median of paired ratios kd/base: {paired:.3f}; target kd_over_base <= {TARGET}")
+    if "kd_fused" in stats:
+        fused = stats["kd_fused"]["median"] / stats["base"]["median"]
+        fused_paired = statistics.median(k / b for k, b in zip(times["kd_fused"], times["base"], strict=True))
+        print(f"kd_fused_over_base={fused:.4f} (median of paired ratios {fused_paired:.3f})")
+
+    if args.breakdown:
+        print("\nKD step, piece by piece (median over steps):")
+        means, step_seconds = _common.piece_breakdown(steps["kd"], batch, max(5, args.steps // 2))
+        _common.print_breakdown(means, step_seconds)
+    if args.profile:
+        print("\nKD step, torch.profiler top operators:")
+        _common.profile_top_ops(steps["kd"], batch, max(2, args.steps // 8))
+
+    print(f"kd_over_base={ratio:.4f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()
