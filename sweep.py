@@ -3,9 +3,17 @@
     python sweep.py table5 [scale=smoke|dev|paper] [seeds=3] [launcher=local|joblib|slurm] [n_jobs=2]
                     [--collect] [--dir DIR] [-- extra train.py overrides …]
 
-Only missing runs are launched (a run is finished when its metrics.json exists), so an interrupted sweep
-resumes without lost or duplicated runs. `--collect` only aggregates. Slurm options: slurm.partition=…,
-slurm.gpus_per_node=…, slurm.timeout_min=…, slurm.array_parallelism=… (passed to submitit).
+Only missing runs are launched (a run is finished when its metrics.json exists) and each run starts with
+ckpt_path=auto, so an interrupted sweep resumes without lost or duplicated runs, a half-trained run from
+its last epoch. `--collect` only aggregates.
+
+launcher=slurm submits a job array through submitit; a pre-empted or timed-out job is requeued and resumes.
+Options: slurm.partition=… slurm.gpus_per_node=… slurm.timeout_min=… (default 60) slurm.array_parallelism=…
+slurm.cpus_per_task=… slurm.mem_gb=… slurm.account=… slurm.qos=… slurm.constraint=… slurm.name=…;
+slurm.cluster=local runs the same jobs through submitit's local executor on this machine.
+$FGKD_TRAIN_COMMAND replaces `python train.py` for every run (e.g. "torchrun --nproc_per_node 2 train.py").
+    python sweep.py table5 launcher=slurm slurm.partition=gpu slurm.gpus_per_node=1 slurm.timeout_min=240 \
+        slurm.array_parallelism=8
 """
 
 from __future__ import annotations
@@ -41,7 +49,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str], list[str
         parser.error(f"scale must be one of {sweeps.SCALES}")
     if options.get("launcher", "local") not in sweeps.LAUNCHERS:
         parser.error(f"launcher must be one of {sweeps.LAUNCHERS}")
+    try:
+        sweeps.slurm_parameters(slurm_options(options))
+    except ValueError as err:
+        parser.error(str(err))
     return args, options, extra
+
+
+def slurm_options(options: dict[str, str]) -> dict[str, str]:
+    return {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith("slurm.")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = exp.runs(scale, seeds)
     command = "python sweep.py " + " ".join([args.experiment, *(f"{k}={v}" for k, v in options.items())])
     if not args.collect:
-        slurm = {k.split(".", 1)[1]: _number(v) for k, v in options.items() if k.startswith("slurm.")}
-        if "array_parallelism" in slurm:
-            slurm["slurm_array_parallelism"] = slurm.pop("array_parallelism")
         print(f"{exp.name}: {len(runs)} runs in {sweep_dir}", flush=True)
         sweeps.launch(runs, sweep_dir, options.get("launcher", "local"), extra,
-                      n_jobs=int(options.get("n_jobs", 2)), slurm=slurm,
+                      n_jobs=int(options.get("n_jobs", 2)), slurm=slurm_options(options),
                       echo=lambda line: print(line, flush=True))
     results = sweeps.collect_results(exp, sweep_dir, scale, seeds)
     text = sweeps.write_outputs(exp, results, out_dir, command)
@@ -66,15 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}"
           + (f" and {out_dir / 'fig6.png'}" if exp.layout.get("figure") == "fig6" else ""))
     return 1 if any(r.failed for r in results) else 0
-
-
-def _number(value: str) -> int | float | str:
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +28,8 @@ def _fabricate(run: sweeps.Run, sweep_dir: Path, metrics: dict | None, failed: b
 
 @pytest.mark.parametrize(
     "name,count",
-    [("table1", 9), ("table2", 9), ("table3", 24), ("table4", 7), ("table5", 12), ("table6", 8), ("fig6", 12)],
+    [("table1", 9), ("table2", 9), ("table3", 24), ("table4", 7), ("table5", 12), ("table6", 8), ("fig6", 12),
+     ("smoke_grid", 4)],
 )
 def test_presets_expand_to_the_papers_grids(name, count):
     exp = sweeps.load_experiment(name)
@@ -113,6 +116,7 @@ def _fake_train(tmp_path: Path, fail_marker: Path) -> str:
         f"if args.get('kd') == 'cwd' and pathlib.Path({str(fail_marker)!r}).exists():\n"
         "    sys.exit('simulated crash')\n"
         "with open(out.parent.parent / 'calls.txt', 'a') as f: f.write(out.name + '\\n')\n"
+        "(out / 'argv.json').write_text(json.dumps(sys.argv[1:]))\n"
         "m = {k: float(args.get('alpha', '0.5')) for k in ('map','map_50','mar_1','mar_10','mar_100')}\n"
         "(out / 'metrics.json').write_text(json.dumps({'final': m}))\n"
     )
@@ -151,3 +155,67 @@ def test_joblib_launcher_runs_in_parallel_and_collects(tmp_path, monkeypatch):
     exp = sweeps.load_experiment("table6")
     results = sweeps.launch(exp.runs(), tmp_path, "joblib", n_jobs=2, echo=lambda _: None)
     assert len(results) == 8 and all(r.metrics == {k: 0.5 for k in sweeps.METRIC_KEYS} for r in results)
+
+
+def test_every_run_starts_with_ckpt_path_auto_and_extra_overrides_win(tmp_path, monkeypatch):
+    script = _fake_train(tmp_path, tmp_path / "never")
+    monkeypatch.setenv(sweeps.TRAIN_COMMAND_ENV, f"{sys.executable} {script}")  # replaces python train.py
+    run = sweeps.load_experiment("table5").runs()[0]
+    sweeps.run_one(run, tmp_path, ["epochs=3"])
+    argv = json.loads((run.directory(tmp_path) / "argv.json").read_text())
+    assert argv[-3:] == ["ckpt_path=auto", "epochs=3", f"hydra.run.dir={run.directory(tmp_path)}"]
+    assert argv[: len(run.overrides)] == run.overrides
+
+
+def test_slurm_options_map_to_submitit_names_and_unknown_ones_are_rejected(tmp_path, monkeypatch):
+    import submitit
+
+    cluster, params = sweeps.slurm_parameters(
+        {"partition": "gpu", "gpus_per_node": "1", "timeout_min": "240", "array_parallelism": "8"})
+    assert cluster == "slurm"
+    assert params == {"slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 240, "slurm_array_parallelism": 8}
+    # submitit's SLURM executor only needs `srun` on PATH to be built; a stub is enough to check the names
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=tmp_path / "s", cluster="slurm")
+    executor.update_parameters(**params)
+    assert executor._executor.parameters == {"partition": "gpu", "gpus_per_node": 1, "time": 240,
+                                             "array_parallelism": 8}
+    assert sweeps.slurm_parameters({"cluster": "local"}) == ("local", {"timeout_min": sweeps.DEFAULT_TIMEOUT_MIN})
+    with pytest.raises(ValueError, match="slurm.gpus.*allowed: .*slurm.gpus_per_node"):
+        sweeps.slurm_parameters({"gpus": "1"})
+    with pytest.raises(ValueError, match="slurm.timeout_min='4h': expected int"):
+        sweeps.slurm_parameters({"timeout_min": "4h"})
+    with pytest.raises(ValueError, match="slurm.cluster"):
+        sweeps.slurm_parameters({"cluster": "aws"})
+
+
+def test_sweep_cli_rejects_an_unknown_slurm_option(capsys):
+    spec = importlib.util.spec_from_file_location("sweep_cli", sweeps.REPO_ROOT / "sweep.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit):
+        cli.parse(["table5", "launcher=slurm", "slurm.partiton=gpu"])
+    assert "slurm.partiton" in capsys.readouterr().err
+    _, options, extra = cli.parse(["table5", "launcher=slurm", "slurm.partition=gpu", "--", "epochs=3"])
+    assert cli.slurm_options(options) == {"partition": "gpu"} and extra == ["epochs=3"]
+
+
+def test_slurm_launcher_runs_through_submitits_local_executor(tmp_path, monkeypatch):
+    """launcher=slurm end to end with slurm.cluster=local: the pickled _RequeueableRun runs in a submitit
+    subprocess, which takes the training command from $FGKD_TRAIN_COMMAND (a monkeypatch would not reach it)."""
+    script = _fake_train(tmp_path, tmp_path / "never")
+    monkeypatch.setenv(sweeps.TRAIN_COMMAND_ENV, f"{sys.executable} {script}")
+    runs = sweeps.load_experiment("table5").runs()[:3]
+    lines: list[str] = []
+    results = sweeps.launch(runs, tmp_path, "slurm", slurm={"cluster": "local", "timeout_min": "5"},
+                            echo=lines.append)
+    assert [r.metrics["map"] for r in results] == [float(dict(r.params)["alpha"]) for r in runs]
+    assert any("submitted 3 jobs to local" in line for line in lines)
+    assert sorted((tmp_path / "calls.txt").read_text().split()) == sorted(r.directory(tmp_path).name for r in runs)
+    assert "ckpt_path=auto" in json.loads((runs[0].directory(tmp_path) / "argv.json").read_text())
+    lines.clear()
+    sweeps.launch(runs, tmp_path, "slurm", slurm={"cluster": "local"}, echo=lines.append)  # nothing left to do
+    assert sum("skipped" in line for line in lines) == 3 and not any("submitted" in line for line in lines)

@@ -125,8 +125,9 @@ def validate(cfg: DictConfig) -> RunSettings:
     if teacher_ckpt is not None and not Path(str(teacher_ckpt)).expanduser().is_file():
         raise ConfigError(f"teacher.ckpt={teacher_ckpt!r}: file not found; give a path to a trained teacher checkpoint")
     resume = _get(cfg, "ckpt_path", None)
-    if resume is not None and not Path(str(resume)).expanduser().is_file():
-        raise ConfigError(f"ckpt_path={resume!r}: file not found; give a run's checkpoints/last.ckpt to resume")
+    if resume is not None and str(resume) != "auto" and not Path(str(resume)).expanduser().is_file():
+        raise ConfigError(f"ckpt_path={resume!r}: file not found; give a run's checkpoints/last.ckpt to resume, "
+                          "or ckpt_path=auto (resume the run folder's own last.ckpt if present)")
     if stage == "student" and kd != "none" and teacher_ckpt is None:
         raise ConfigError(
             "stage=student with a KD loss needs a trained teacher: set teacher.ckpt=<path to teacher .ckpt/.pt> "

@@ -6,6 +6,11 @@ One source of truth per table: ``conf/experiment/<name>.yaml``. Its ``hydra.swee
 parser, identifies each run by its resolved override list, skips finished runs (``metrics.json``
 present), launches the rest as single ``train.py`` processes (so a run may itself use DDP), then
 aggregates into ``outputs/sweeps/<name>/table.{md,csv}`` (+ ``fig6.png``).
+
+Every run is started with ``ckpt_path=auto`` in its own deterministic folder, so a run that was killed
+(Ctrl-C, a pre-empted or timed-out SLURM job) continues from its last finished epoch when the sweep is
+started again or submitit requeues it. ``$FGKD_TRAIN_COMMAND`` replaces the training command
+(default: this Python + ``train.py``), e.g. ``"torchrun --nproc_per_node 2 train.py"``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import itertools
 import json
 import math
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +39,26 @@ METRIC_KEYS = ("map", "map_50", "mar_1", "mar_10", "mar_100")
 METRIC_NAMES = ("mAP", "mAP50", "mAR1", "mAR10", "mAR100")
 SCALES = ("smoke", "dev", "paper")
 LAUNCHERS = ("local", "joblib", "slurm")
+#: environment variable holding a replacement for ``python train.py`` (split like a shell command line)
+TRAIN_COMMAND_ENV = "FGKD_TRAIN_COMMAND"
+#: ``slurm.<option>`` of sweep.py -> (``submitit.AutoExecutor.update_parameters`` name, type)
+SLURM_OPTIONS: dict[str, tuple[str, type]] = {
+    "partition": ("slurm_partition", str),
+    "gpus_per_node": ("gpus_per_node", int),
+    "cpus_per_task": ("cpus_per_task", int),
+    "mem_gb": ("mem_gb", float),
+    "timeout_min": ("timeout_min", int),
+    "array_parallelism": ("slurm_array_parallelism", int),
+    "account": ("slurm_account", str),
+    "qos": ("slurm_qos", str),
+    "constraint": ("slurm_constraint", str),
+    "name": ("name", str),
+}
+#: where the jobs go: a SLURM cluster, or submitit's local executor (same code path, subprocesses here)
+SLURM_CLUSTERS = ("slurm", "local")
+#: submitit's own default job time is a few minutes; a job that reaches this limit is requeued (up to
+#: submitit's max_num_timeout, 3 times) and resumes from its last.ckpt
+DEFAULT_TIMEOUT_MIN = 60
 
 
 @dataclass(frozen=True)
@@ -137,11 +164,20 @@ def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int) ->
 
 # ----------------------------------------------------------------------------------------------- launching
 def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "train.py"), *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
+    """``python train.py <run overrides> <extra> hydra.run.dir=<run_dir>`` (``$FGKD_TRAIN_COMMAND`` replaces
+    ``python train.py``)."""
+    custom = os.environ.get(TRAIN_COMMAND_ENV, "").strip()
+    program = shlex.split(custom) if custom else [sys.executable, str(REPO_ROOT / "train.py")]
+    return [*program, *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
 
 
 def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
-    """Run ``train.py`` for one grid point in its own folder; output goes to ``<run>/train.log``."""
+    """Run ``train.py`` for one grid point in its own folder; output goes to ``<run>/train.log``.
+
+    ``ckpt_path=auto`` comes first (an ``extra`` ``ckpt_path=...`` wins): a run killed earlier resumes from
+    its own ``last.ckpt`` (the student's, for the two-stage pipeline) instead of starting over.
+    """
+    extra = ["ckpt_path=auto", *extra]
     run_dir = run.directory(sweep_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "FAILED").unlink(missing_ok=True)
@@ -159,13 +195,14 @@ def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
 
 
 class _RequeueableRun:
-    """submitit callable; on pre-emption it is resubmitted and train.py resumes from the run's last.ckpt."""
+    """submitit callable; on pre-emption or timeout submitit calls :meth:`checkpoint`, the job is resubmitted
+    and ``train.py`` (started with ``ckpt_path=auto`` by :func:`run_one`) resumes from the run's last.ckpt."""
 
     def __init__(self, run: Run, sweep_dir: Path, extra: Sequence[str]) -> None:
         self.run, self.sweep_dir, self.extra = run, sweep_dir, list(extra)
 
     def __call__(self) -> RunResult:
-        return run_one(self.run, self.sweep_dir, [*self.extra, "resume=auto"])
+        return run_one(self.run, self.sweep_dir, self.extra)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -173,10 +210,44 @@ class _RequeueableRun:
         return submitit.helpers.DelayedSubmission(self)
 
 
+def slurm_parameters(options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(cluster, AutoExecutor parameters)`` from sweep.py's ``slurm.<option>`` values (strings or numbers).
+
+    Options: ``cluster`` (``slurm`` | ``local``: submitit's local executor, same code path, but every job of
+    the array starts at once on this machine: meant for trying the path, not for real grids) and the keys of
+    :data:`SLURM_OPTIONS` (``partition``, ``gpus_per_node``, ``timeout_min``, ``array_parallelism``, …).
+    Unknown options or values of the wrong type raise a ValueError that lists the allowed ones.
+    """
+    options = dict(options)
+    cluster = str(options.pop("cluster", "slurm"))
+    if cluster not in SLURM_CLUSTERS:
+        raise ValueError(f"slurm.cluster={cluster!r}: choose one of {', '.join(SLURM_CLUSTERS)}")
+    unknown = sorted(set(options) - set(SLURM_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown slurm option(s) {', '.join('slurm.' + k for k in unknown)}; allowed: "
+                         + ", ".join(f"slurm.{k}" for k in ["cluster", *SLURM_OPTIONS]))
+    params: dict[str, Any] = {"timeout_min": DEFAULT_TIMEOUT_MIN}
+    for key, value in options.items():
+        name, kind = SLURM_OPTIONS[key]
+        try:
+            typed = kind(value)
+            if kind is int and float(value) != typed:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"slurm.{key}={value!r}: expected {kind.__name__}") from None
+        if kind in (int, float) and typed < (0 if key == "gpus_per_node" else 1):
+            raise ValueError(f"slurm.{key}={value!r}: must be positive")
+        params[name] = typed
+    return cluster, params
+
+
 def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Sequence[str] = (),
            n_jobs: int = 2, slurm: dict[str, Any] | None = None,
            echo: Callable[[str], None] = print) -> list[RunResult]:
-    """Run what is missing; a progress line per run (skipped, done with its mAP, or failed with its log)."""
+    """Run what is missing; a progress line per run (skipped, done with its mAP, or failed with its log).
+
+    ``slurm``: sweep.py's ``slurm.<option>`` values (see :func:`slurm_parameters`) for ``launcher=slurm``.
+    """
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
     todo, results = [], []
@@ -217,12 +288,15 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
     else:
         import submitit
 
-        opts = dict(slurm or {})
-        cluster = opts.pop("cluster", None)  # "local" runs the same path with submitit's local executor
+        cluster, params = slurm_parameters(slurm or {})
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise RuntimeError("launcher=slurm: sbatch is not on PATH (run on a SLURM login node), or add "
+                               "slurm.cluster=local to run the same jobs through submitit on this machine")
         executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit" / "%j", cluster=cluster)
-        executor.update_parameters(**opts)
+        executor.update_parameters(**params)
         jobs = executor.submit_array([_RequeueableRun(r, sweep_dir, extra) for r in todo])
-        echo(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0] if jobs else '-'}); waiting")
+        echo(f"submitted {len(jobs)} jobs to {cluster} ({jobs[0].job_id.split('_')[0] if jobs else '-'}, "
+             f"logs in {sweep_dir / '.submitit'}); waiting")
         for i, job in enumerate(jobs, 1):
             start = time.monotonic()
             result = job.result()

@@ -270,6 +270,25 @@ def _output_dir(cfg: DictConfig, output_dir: str | os.PathLike[str] | None) -> P
     return Path(str(OmegaConf.select(cfg, "paths.output_dir"))).resolve()
 
 
+#: ``ckpt_path=auto``: resume from the fit's own last checkpoint if there is one (requeue-safe re-runs)
+AUTO_RESUME = "auto"
+
+
+def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``"auto"`` ``<output_dir>/checkpoints/last.ckpt``
+    when it exists (None: start fresh). A pre-empted or killed run started again with ``ckpt_path=auto`` in
+    the same folder continues from its last finished epoch."""
+    if ckpt_path is None or str(ckpt_path) == "":
+        return None
+    if str(ckpt_path) == AUTO_RESUME:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            print(f"resuming from {last}", flush=True)
+            return last
+        return None
+    return Path(ckpt_path)
+
+
 def _teacher_kd(cfg: DictConfig) -> dict[str, Any]:
     kd = _container(cfg.kd) or {}
     return {
@@ -298,10 +317,12 @@ def fit(
     ``view`` / ``val_view``: what the detector trains / is validated on (``original`` X or ``preprocessed``
     X_M). With ``teacher``, ``cfg.kd`` (loss, taps, teacher_view) and ``alpha`` (default ``cfg.alpha``) add the
     KD term. ``epochs`` overrides ``cfg.epochs`` (e.g. ``teacher.epochs``). ``tag`` names the stage in
-    ``metrics.json``. ``ckpt_path``: resume from a Lightning checkpoint of the same run (e.g. ``last.ckpt``).
+    ``metrics.json``. ``ckpt_path``: resume from a Lightning checkpoint of the same run (e.g. ``last.ckpt``);
+    ``"auto"``: this fit's own ``<output_dir>/checkpoints/last.ckpt`` when it exists, else a fresh start.
     """
     output_dir = _output_dir(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
     val_view = view if val_view is None else val_view
     kd_args = _teacher_kd(cfg) if teacher is not None else {"kd": "none"}
     alpha = float(cfg.alpha if alpha is None else alpha) if teacher is not None else 0.0
@@ -466,9 +487,10 @@ def run(cfg: DictConfig) -> Any:
             raise ValueError("stage=student needs teacher.ckpt=<path to a trained teacher>")
         teacher, _ = load_detector(str(cfg.teacher.ckpt))
         return fit(cfg, view="original", val_view="original", teacher=teacher, tag="student", ckpt_path=resume)
-    if resume:
-        raise ValueError("ckpt_path (resume) works for single-stage runs (stage=teacher|student or kd=none), "
-                         "not for the two-stage pipeline; resume the stage's own run instead")
+    if resume and str(resume) != AUTO_RESUME:  # auto: the pipeline resumes its student stage (fgkd.pipeline)
+        raise ValueError("ckpt_path=<file> (resume) works for single-stage runs (stage=teacher|student or kd=none), "
+                         "not for the two-stage pipeline; use ckpt_path=auto (resumes the student stage from "
+                         "<run>/student/checkpoints/last.ckpt) or resume the stage's own run instead")
     try:
         from fgkd import pipeline
     except ModuleNotFoundError as err:

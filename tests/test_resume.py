@@ -1,0 +1,94 @@
+"""Requeue-safe resume: ``ckpt_path=auto`` continues a killed run from its own last.ckpt (else starts fresh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "imgsz=64", "batch_size=4", "num_workers=0", "logger=none",
+    "data.synthpipes.num_images=8", "data.synthpipes.max_side=96",
+    "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+]
+
+# A Lightning callback (given on the command line) that logs "<fit folder name>:<epoch>" at each epoch start
+# and kills the process without any cleanup (as a pre-emption or OOM kill would) at `epoch` while `marker`
+# exists. The teacher's fit folder is named "run" (inside the teacher cache), the student's "student".
+KILLER = '''
+import os
+from pathlib import Path
+import lightning.pytorch as pl
+
+class KillAtEpoch(pl.Callback):
+    def __init__(self, epoch, marker, log):
+        self.epoch, self.marker, self.log_path = int(epoch), marker, log
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch and os.path.exists(self.marker):
+            os._exit(17)
+        with open(self.log_path, "a") as handle:
+            handle.write(f"{Path(trainer.default_root_dir).name}:{trainer.current_epoch}\\n")
+'''
+
+
+def test_auto_resolves_to_the_runs_own_last_checkpoint_or_nothing(tmp_path):
+    from fgkd.training import resolve_ckpt_path
+
+    assert resolve_ckpt_path(None, tmp_path) is None
+    assert resolve_ckpt_path("auto", tmp_path) is None  # nothing to resume: a fresh start
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("auto", tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    assert resolve_ckpt_path(str(tmp_path / "x.ckpt"), tmp_path) == tmp_path / "x.ckpt"  # explicit: as given
+
+
+def test_validate_accepts_auto_and_single_stage_runs_pass_it_to_fit(compose_train, monkeypatch):
+    from fgkd import training
+    from fgkd.config import ConfigError, validate
+
+    validate(compose_train("ckpt_path=auto"))
+    with pytest.raises(ConfigError, match="ckpt_path=auto"):
+        validate(compose_train("ckpt_path=/nonexistent/last.ckpt"))
+    seen = []
+    monkeypatch.setattr(training, "fit", lambda cfg, **kw: seen.append((kw["tag"], kw["ckpt_path"])))
+    training.run(compose_train("ckpt_path=auto"))
+    training.run(compose_train("ckpt_path=auto", "stage=teacher", "preprocess=rb"))
+    assert seen == [("base", "auto"), ("teacher", "auto")]
+    with pytest.raises(ValueError, match="ckpt_path=auto"):  # an explicit file makes no sense for two stages
+        training.run(compose_train("kd=cs", "preprocess=rb", f"ckpt_path={__file__}"))
+
+
+def test_killed_pipeline_run_resumes_its_student_from_last_ckpt(tmp_path, tiny_synthpipes):
+    """Through train.py: the student is killed at the start of its 2nd epoch; the same command again reuses
+    the cached teacher, continues the student at epoch 1 (epoch 0 is not trained twice) and finishes."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    marker, epochs_log, run_dir = tmp_path / "kill", tmp_path / "epochs.log", tmp_path / "run"
+    marker.write_text("1")
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *TINY, "kd=cs", "preprocess=rb", "alpha=0.5",
+               "epochs=2", "teacher.epochs=1", "ckpt_path=auto", f"hydra.run.dir={run_dir}",
+               "+callbacks.killer._target_=killer.KillAtEpoch", "+callbacks.killer.epoch=1",
+               f"+callbacks.killer.marker={marker}", f"+callbacks.killer.log={epochs_log}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+    first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 17, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (run_dir / "student" / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "metrics.json").exists()
+    assert epochs_log.read_text().split() == ["run:0", "student:0"]
+
+    marker.unlink()
+    second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from" in second.stdout and "reusing the cached teacher" in second.stdout
+    assert epochs_log.read_text().split() == ["run:0", "student:0", "student:1"]  # resumed, not restarted
+    payload = json.loads((run_dir / "metrics.json").read_text())
+    assert payload["teacher_ckpt"]["reused"] is True
+    student = json.loads((run_dir / "student" / "metrics.json").read_text())
+    assert [record["epoch"] for record in student["history"]] == [0, 1]  # epoch 0 kept from the killed run
+    assert set(payload["final"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
