@@ -357,6 +357,11 @@ def fit(
         module.val_history, module.best_val = list(saved.get("history", [])), saved.get("best")
 
     callbacks = instantiate_callbacks(_container(cfg.get("callbacks")), output_dir)
+    progress_on = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is not False
+    if progress_on and not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+        # Lightning prefers a Rich bar whenever `rich` is importable (the Optuna sweeper pulls it in); the
+        # tqdm bar prints plainly into log files and terminals alike.
+        callbacks.append(pl.callbacks.TQDMProgressBar())
     loggers = instantiate_loggers(_container(cfg.get("logger")), output_dir)
     trainer_overrides = resolve_trainer_args(cfg)
     trainer_overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False)
@@ -491,15 +496,7 @@ def run(cfg: DictConfig) -> Any:
         raise ValueError("ckpt_path=<file> (resume) works for single-stage runs (stage=teacher|student or kd=none), "
                          "not for the two-stage pipeline; use ckpt_path=auto (resumes the student stage from "
                          "<run>/student/checkpoints/last.ckpt) or resume the stage's own run instead")
-    try:
-        from fgkd import pipeline
-    except ModuleNotFoundError as err:
-        if err.name != "fgkd.pipeline":
-            raise
-        raise NotImplementedError(
-            "stage=full with kd != none runs the FAKD pipeline (teacher -> student) from fgkd.pipeline "
-            "(src/fgkd/pipeline.py), which is not written yet; meanwhile run stage=teacher, then "
-            "stage=student teacher.ckpt=<run dir>/detector.pt"
-        ) from None
+    from fgkd import pipeline  # imported here: pipeline imports this module
+
     return pipeline.run(cfg)
 
