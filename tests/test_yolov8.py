@@ -118,8 +118,14 @@ def test_shortcuts_only_in_backbone_c2f():
 def test_batchnorm_settings_and_bias_init(nano):
     bns = [m for m in nano.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(bn.eps == BN_EPS == 1e-3 and bn.momentum == BN_MOMENTUM == 0.03 for bn in bns)
+    # DFL logits start at -0.5 * bin (fgkd.models.detectors.yolov8.YOLOv8Head.reset_biases), side-major,
+    # so every side's initial expected distance is sum k e^{-k/2} / sum e^{-k/2} over k < 16 (~1.54 strides).
+    bins = torch.arange(16, dtype=torch.float32)
     for branch in nano.head.box_branches:
-        assert torch.all(branch[-1].bias == 1.0)
+        torch.testing.assert_close(branch[-1].bias, (-0.5 * bins).repeat(4))
+    weights = torch.exp(-0.5 * bins)
+    expected_side = float((bins * weights).sum() / weights.sum())
+    assert 1.5 < expected_side < 1.6
     for branch, stride in zip(nano.head.cls_branches, (8, 16, 32)):
         expected = math.log(5 / 3 / (640 / stride) ** 2)  # nc = 3
         torch.testing.assert_close(branch[-1].bias, torch.full((3,), expected))

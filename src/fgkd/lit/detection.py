@@ -32,6 +32,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from fgkd.lit.batchnorm import BatchNormWarmup, recalibrate_batchnorm
 from fgkd.lit.optim import Recipe, configure_recipe
 from fgkd.metrics.detection import FIVE_METRICS, build_map_metric, split_targets, summarize, write_json_atomic
 from fgkd.models.detectors.base import Detector
@@ -116,6 +117,10 @@ class DetectionModule(pl.LightningModule):
         history_path: JSON file rewritten (atomically, rank 0) after every validation epoch with
             ``{"history": [...], "best": {...}}``; it survives ``ddp_spawn`` (whose workers' Python attributes
             do not come back to the main process) and crashes.
+        bn_recalibration_batches / bn_recalibration_below_step: before each validation while
+            ``global_step < bn_recalibration_below_step``, re-estimate the validated weights' BatchNorm
+            statistics from the last ``bn_recalibration_batches`` training batches (``fgkd.lit.batchnorm``;
+            0 turns it off). Training BN momenta also warm up (cumulative mean for the first ~33 batches).
     """
 
     def __init__(
@@ -141,6 +146,8 @@ class DetectionModule(pl.LightningModule):
         iou: float = 0.7,
         max_det: int = 300,
         history_path: str | os.PathLike[str] | None = None,
+        bn_recalibration_batches: int = 4,
+        bn_recalibration_below_step: int = 2000,
     ) -> None:
         super().__init__()
         val_view = view if val_view is None else val_view
@@ -191,6 +198,10 @@ class DetectionModule(pl.LightningModule):
         self.val_history: list[dict[str, Any]] = []
         self.best_val: dict[str, Any] | None = None
         self.history_path = Path(history_path) if history_path is not None else None
+        #: precise BN before validation while the run is young (see on_validation_epoch_start)
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
+        self.bn_recalibration_below_step = int(bn_recalibration_below_step)
+        self._recent_train_images: list[torch.Tensor] = []
 
     # -- teacher handling -------------------------------------------------------------------------------
     @property
@@ -211,6 +222,33 @@ class DetectionModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self._teacher is not None:
             self._teacher.model.eval()
+
+    def on_train_start(self) -> None:
+        # Built here, after the strategy's set-up (SyncBatchNorm conversion replaces the BN modules).
+        self._bn_warmup = BatchNormWarmup(self)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.bn_recalibration_batches > 0 and self.global_step < self.bn_recalibration_below_step:
+            self._recent_train_images.append(batch_images(batch, self.view).detach())
+            del self._recent_train_images[: -self.bn_recalibration_batches]
+        else:
+            self._recent_train_images.clear()
+
+    def on_validation_epoch_start(self) -> None:
+        # Early in a run the weights move faster than BN running statistics (momentum 0.03) follow, and the
+        # eval-mode network is then badly mis-normalised (activations shrink or blow up over ~60 BN layers:
+        # val mAP 0, val/loss in the 1e5). So while global_step < bn_recalibration_below_step, the statistics of
+        # the validated weights (the EMA's, swapped in by YoloEMA before this hook) are re-estimated from the
+        # last few training batches ("precise BN"). Long runs validate with their own running statistics.
+        if self._recent_train_images and self.global_step < self.bn_recalibration_below_step:
+            recalibrate_batchnorm(self.student, self._recent_train_images)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Running BN statistics: cumulative mean for the first ~33 batches, then momentum 0.03 (fgkd.lit.batchnorm).
+        warmup = getattr(self, "_bn_warmup", None)
+        if warmup is None:
+            warmup = self._bn_warmup = BatchNormWarmup(self)
+        warmup.step()
 
     # -- steps ----------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> Any:

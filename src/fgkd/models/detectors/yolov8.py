@@ -39,6 +39,8 @@ SCALES: dict[str, tuple[float, float, int]] = {
 STRIDES: tuple[int, int, int] = (8, 16, 32)
 #: DFL bins per box side (reference ``reg_max``)
 DFL_BINS = 16
+#: initial DFL logit slope per bin (YOLOv8Head.reset_biases): ~1.5-stride initial box sides
+DFL_INIT_DECAY = 0.5
 
 
 def scaled_depth(repeats: int, depth: float) -> int:
@@ -197,10 +199,20 @@ class YOLOv8Head(nn.Module):
 
     @torch.no_grad()
     def reset_biases(self, image_size: int = 640) -> None:
-        """Reference bias init: box logits 1.0; class logits log(5 / nc / (640 / stride)^2), i.e. a prior
-        of ~5 objects per image spread over the level's grid and the classes."""
+        """Class logits as the reference: log(5 / nc / (640 / stride)^2), i.e. a prior of ~5 objects per image
+        spread over the level's grid and the classes. Box (DFL) logits: NOT the reference's constant 1.0.
+
+        A constant gives a uniform distribution, i.e. initial boxes 15 strides wide (120 px on P3, 480 px on
+        P5). Against small inputs/objects (SynthPipes at 160 px: median box ~10 px) their CIoU is ~0.01, the
+        task-aligned soft targets (~IoU) are ~0, and the box/DFL losses, weighted by those targets, give no
+        gradient: images whose boxes never got small are never learned (tests/test_learning.py). Here bin k
+        starts at logit ``-DFL_INIT_DECAY * k``: expected distance ~1.5 strides per side, boxes ~3 strides
+        wide (24 px on P3, 96 px on P5), the scale each level is meant for.
+        """
+        bin_logits = -DFL_INIT_DECAY * torch.arange(self.bins, dtype=torch.float32)
         for box_branch, cls_branch, stride in zip(self.box_branches, self.cls_branches, self.strides):
-            box_branch[-1].bias.fill_(1.0)
+            box_bias = box_branch[-1].bias
+            box_bias.copy_(bin_logits.repeat(4).to(box_bias))  # side-major: channel side * bins + bin
             cls_branch[-1].bias.fill_(math.log(5 / self.num_classes / (image_size / stride) ** 2))
 
     def forward(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
