@@ -57,7 +57,7 @@ def test_validate_accepts_auto_and_single_stage_runs_pass_it_to_fit(compose_trai
         validate(compose_train("ckpt_path=/nonexistent/last.ckpt"))
     seen = []
     monkeypatch.setattr(training, "fit", lambda cfg, **kw: seen.append((kw["tag"], kw["ckpt_path"])))
-    training.run(compose_train("ckpt_path=auto"))
+    training.run(compose_train("ckpt_path=auto", "kd=none"))
     training.run(compose_train("ckpt_path=auto", "stage=teacher", "preprocess=rb"))
     assert seen == [("base", "auto"), ("teacher", "auto")]
     with pytest.raises(ValueError, match="ckpt_path=auto"):  # an explicit file makes no sense for two stages

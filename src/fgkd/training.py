@@ -86,6 +86,26 @@ def build_student(model_cfg: Mapping[str, Any], num_classes: int) -> tuple[Detec
     return detector, {"name": model_cfg["name"], "num_classes": int(num_classes), "kwargs": spec_kwargs}
 
 
+def recipe_for_init(cfg: DictConfig) -> dict[str, Any] | None:
+    """``model.recipe``, with ``optimizer.lr`` replaced by ``optimizer.scratch_lr`` when the detector starts
+    from random init (``model.weights: null``) and the recipe names one.
+
+    The YOLOv6 recipes are the reference *fine-tuning* recipe (the paper fine-tunes COCO weights); from random
+    init its lr0 0.0032 barely moves a detector in a CPU-sized run, so random init takes the lr0 of the
+    reference from-scratch configs (0.02 for n, 0.01 for s/m/l), scaled by batch like lr0.
+    """
+    recipe = _container(OmegaConf.select(cfg, "model.recipe"))
+    if not recipe:
+        return recipe
+    optimizer = dict(recipe.get("optimizer") or {})
+    scratch_lr = optimizer.get("scratch_lr")
+    if scratch_lr is not None and not OmegaConf.select(cfg, "model.weights"):
+        log.info("random init: lr0 %s (optimizer.scratch_lr) instead of the fine-tuning lr0 %s",
+                 scratch_lr, optimizer.get("lr"))
+        optimizer["lr"] = scratch_lr
+    return {**recipe, "optimizer": optimizer}
+
+
 def cuda_run(trainer_cfg: Mapping[str, Any]) -> bool:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
@@ -341,7 +361,7 @@ def fit(
         student,
         detector_spec=spec,
         class_names=class_names,
-        recipe=_container(OmegaConf.select(cfg, "model.recipe")),
+        recipe=recipe_for_init(cfg),
         batch_size=int(cfg.batch_size),
         dataset_size=dataset_size,
         teacher=teacher,

@@ -47,6 +47,8 @@ class Recipe:
     optimizer: str = "auto"
     lr: float | str = 0.01
     lr_reference_batch: int | None = None
+    #: lr0 of the reference's from-scratch config; fgkd.training uses it instead of ``lr`` for random init
+    scratch_lr: float | None = None
     momentum: float = 0.937
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -70,7 +72,7 @@ class Recipe:
         sections = {
             "optimizer": {"name": "optimizer", "lr": "lr", "lr_reference_batch": "lr_reference_batch",
                           "momentum": "momentum", "weight_decay": "weight_decay", "nesterov": "nesterov",
-                          "nbs": "nbs"},
+                          "nbs": "nbs", "scratch_lr": "scratch_lr"},
             "scheduler": {"name": "schedule", "lrf": "lrf", "warmup_epochs": "warmup_epochs",
                           "warmup_min_iters": "warmup_min_iters", "warmup_momentum": "warmup_momentum",
                           "warmup_bias_lr": "warmup_bias_lr"},
