@@ -466,3 +466,21 @@ def test_sum_reduced_task_loss_is_scaled_by_world_size_under_ddp(name, factor):
     total, logs = module.compute_loss(make_batch())
     torch.testing.assert_close(total.detach(), factor * logs["train/task"] + 0.5 * logs["train/kd"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logs["train/loss"], logs["train/task"] + 0.5 * logs["train/kd"])  # logged: Eq. 9
+
+
+def test_accumulated_batches_sum_their_gradients_like_the_references(monkeypatch):
+    """Lightning divides the step loss by accumulate_grad_batches; the module undoes it so the gradient over
+    an accumulation window is the SUM over its micro-batches (Ultralytics / YOLOv6 trainers)."""
+    from types import SimpleNamespace
+
+    from fgkd.lit.detection import DetectionModule
+
+    torch.manual_seed(0)
+    module = DetectionModule(build(), batch_size=2)
+    monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    batch = make_batch()
+    total, _ = module.compute_loss(batch)
+    module._trainer = SimpleNamespace(accumulate_grad_batches=4, optimizers=[], current_epoch=0, world_size=1)
+    returned = module.training_step(batch, 0)
+    torch.testing.assert_close(returned / 4, total)  # Lightning's division then leaves exactly the step loss

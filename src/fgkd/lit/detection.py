@@ -307,7 +307,11 @@ class DetectionModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             groups = self.trainer.optimizers[0].param_groups
             self.log("train/lr", groups[min(1, len(groups) - 1)]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
-        return total
+        # Lightning divides the returned loss by accumulate_grad_batches (a mean over the micro-batches); both
+        # reference trainers SUM the gradients of the batches accumulated up to the nominal batch 64, and their
+        # lr0 and weight-decay scaling are tuned for that sum, so the division is undone here.
+        accumulate = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        return total * accumulate
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         images = batch_images(batch, self.val_view)
