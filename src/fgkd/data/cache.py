@@ -26,23 +26,13 @@ from fgkd.data import imageio
 from fgkd.data.augment import resize_long_side
 from fgkd.data.formats import SampleRecord, SegmentMask
 from fgkd.data.imageio import BadImageError
+from fgkd.data.synthpipes import default_cache_root  # one definition of the cache root, shared with the generator
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the stored content or the resize method changes
 
 
-def default_cache_root() -> Path:
-    """The project's cache root, shared with the SynthPipes generator: ``$FGKD_CACHE``, else
-    ``<repo>/outputs/cache`` (repo found from the package, then the cwd), else ``~/.cache/fgkd``."""
-    env = os.environ.get("FGKD_CACHE")
-    if env:
-        return Path(env).expanduser()
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in (start, *start.parents):
-            if (parent / "pyproject.toml").is_file() and (parent / "src" / "fgkd").is_dir():
-                return parent / "outputs" / "cache"
-    return Path.home() / ".cache" / "fgkd"
 
 
 @dataclass
