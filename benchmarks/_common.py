@@ -126,7 +126,8 @@ def build_module(
 
 def build_optimizer(module, batch: int, num_classes: int, dataset_size: int = 400, epochs: int = 100):
     """The recipe's optimizer (three parameter groups) as ``configure_optimizers`` resolves it."""
-    from fgkd.lit.optim import accumulate_steps, build_optimizer as build_groups, resolve_optimizer
+    from fgkd.lit.optim import accumulate_steps, resolve_optimizer
+    from fgkd.lit.optim import build_optimizer as build_groups
 
     recipe = module.recipe
     resolved = resolve_optimizer(
@@ -195,11 +196,11 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))
     print(line)
     print("-" * len(line))
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
 
 
 # -- where a step spends its time -----------------------------------------------------------------------

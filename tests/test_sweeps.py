@@ -62,7 +62,7 @@ def test_run_identity_depends_on_resolved_overrides_only():
 def test_aggregation_of_fabricated_runs_with_a_failed_and_a_duplicated_run(tmp_path):
     exp = sweeps.load_experiment("table5")
     runs = exp.runs("smoke", seeds=2)
-    for i, run in enumerate(runs):
+    for _i, run in enumerate(runs):
         p = dict(run.params)
         if p == {"kd": "mmd", "alpha": "1"} and run.seed == 1:
             _fabricate(run, tmp_path, None, failed=True)

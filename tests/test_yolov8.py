@@ -126,7 +126,7 @@ def test_batchnorm_settings_and_bias_init(nano):
     weights = torch.exp(-0.5 * bins)
     expected_side = float((bins * weights).sum() / weights.sum())
     assert 1.5 < expected_side < 1.6
-    for branch, stride in zip(nano.head.cls_branches, (8, 16, 32)):
+    for branch, stride in zip(nano.head.cls_branches, (8, 16, 32), strict=False):
         expected = math.log(5 / 3 / (640 / stride) ** 2)  # nc = 3
         torch.testing.assert_close(branch[-1].bias, torch.full((3,), expected))
 
@@ -233,7 +233,7 @@ def test_fuse_keeps_eval_outputs():
 
 
 def _weights_differ(a: nn.Module, b: nn.Module) -> bool:
-    return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=False))
 
 
 def test_weights_round_trip_formats(tmp_path):

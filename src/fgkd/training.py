@@ -143,7 +143,7 @@ def wandb_has_credentials() -> bool:
 
 def instantiate_loggers(logger_cfg: Mapping[str, Any] | None, output_dir: Path) -> list[Any]:
     loggers = []
-    for name, node in (logger_cfg or {}).items():
+    for _name, node in (logger_cfg or {}).items():
         if not isinstance(node, Mapping) or "_target_" not in node:
             continue
         overrides: dict[str, Any] = {"save_dir": str(output_dir)}

@@ -26,7 +26,9 @@ from fgkd.data import imageio
 from fgkd.data.augment import resize_long_side
 from fgkd.data.formats import SampleRecord, SegmentMask
 from fgkd.data.imageio import BadImageError
-from fgkd.data.synthpipes import default_cache_root  # one definition of the cache root, shared with the generator
+from fgkd.data.synthpipes import (
+    default_cache_root,  # one definition of the cache root, shared with the generator
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader
 
 from fgkd.data.augment import AugmentConfig
 from fgkd.data.cache import ResizedImageCache, default_cache_root
-from fgkd.data.dataset import DetectionDataset, EpochSampler, collate_detection, resolve_teacher_view, seed_worker
+from fgkd.data.dataset import (
+    DetectionDataset,
+    EpochSampler,
+    collate_detection,
+    resolve_teacher_view,
+    seed_worker,
+)
 from fgkd.data.formats import (
     MISSING_MASK_POLICIES,
     DataError,

@@ -333,7 +333,7 @@ def _draw_backdrop(scene: _Scene) -> dict:
         canvas[:] = top + (bottom - top) * rows / max(h - 1, 1)
     texture = draw.smooth_noise(rng, h, w, scene.short * 0.05)
     grain = draw.smooth_noise(rng, h, w, scene.short * 0.006)
-    for x0, y0, x1, y1 in draw.strips((0, 0, w, h)):
+    for _x0, y0, _x1, y1 in draw.strips((0, 0, w, h)):
         canvas[y0:y1] *= (1 + 0.04 * texture[y0:y1] + 0.03 * grain[y0:y1])[..., None]
     return {"outdoor": outdoor}
 

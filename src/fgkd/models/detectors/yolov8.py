@@ -210,7 +210,7 @@ class YOLOv8Head(nn.Module):
         wide (24 px on P3, 96 px on P5), the scale each level is meant for.
         """
         bin_logits = -DFL_INIT_DECAY * torch.arange(self.bins, dtype=torch.float32)
-        for box_branch, cls_branch, stride in zip(self.box_branches, self.cls_branches, self.strides):
+        for box_branch, cls_branch, stride in zip(self.box_branches, self.cls_branches, self.strides, strict=False):
             box_bias = box_branch[-1].bias
             box_bias.copy_(bin_logits.repeat(4).to(box_bias))  # side-major: channel side * bins + bin
             cls_branch[-1].bias.fill_(math.log(5 / self.num_classes / (image_size / stride) ** 2))
@@ -219,7 +219,7 @@ class YOLOv8Head(nn.Module):
         """Per level ``[B, 4*bins + nc, H, W]`` (box DFL logits first, then class logits)."""
         return [
             torch.cat([box_branch(x), cls_branch(x)], 1)
-            for x, box_branch, cls_branch in zip(feats, self.box_branches, self.cls_branches)
+            for x, box_branch, cls_branch in zip(feats, self.box_branches, self.cls_branches, strict=False)
         ]
 
 
