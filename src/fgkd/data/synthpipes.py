@@ -1032,7 +1032,7 @@ def _photo_effects(scene: _Scene, info: dict) -> np.ndarray:
                 np.maximum(shadow[y0:y1, x0:x1], alpha, out=shadow[y0:y1, x0:x1])
         shadow = _soft_resize(shadow, w, h, scene.px(0.006))
         darkness = np.float32(rng.uniform(0.25, 0.45))
-        for x0, y0, x1, y1 in draw.strips((0, 0, w, h)):
+        for _x0, y0, _x1, y1 in draw.strips((0, 0, w, h)):
             canvas[y0:y1] *= (1 - darkness * shadow[y0:y1])[..., None]
     # illumination gradient, exposure, white balance and haze, applied strip by strip (bounded memory)
     angle = rng.uniform(0, 2 * math.pi)
@@ -1043,7 +1043,7 @@ def _photo_effects(scene: _Scene, info: dict) -> np.ndarray:
     haze = rng.uniform(0.05, 0.2) if info.get("outdoor") and rng.random() < 0.3 else 0.0
     sky = np.asarray(scene.sky if scene.sky is not None else (0.8, 0.8, 0.8), np.float32)
     strips = list(draw.strips((0, 0, w, h)))
-    for x0, y0, x1, y1 in strips:
+    for _x0, y0, _x1, y1 in strips:
         ramp = 1 + slope * (xs * math.cos(angle) + ys[y0:y1] * math.sin(angle))
         canvas[y0:y1] *= ramp[..., None] * gain
         if haze:
@@ -1053,7 +1053,7 @@ def _photo_effects(scene: _Scene, info: dict) -> np.ndarray:
         cv2.GaussianBlur(canvas, (0, 0), sigma, dst=canvas)
     noise_sigma = np.float32(rng.uniform(0.004, 0.018))
     image = np.empty((h, w, 3), np.uint8)
-    for x0, y0, x1, y1 in strips:
+    for _x0, y0, _x1, y1 in strips:
         noisy = canvas[y0:y1] + rng.standard_normal((y1 - y0, w, 3), dtype=np.float32) * noise_sigma
         image[y0:y1] = np.clip(noisy * 255.0 + 0.5, 0, 255)
     return image
