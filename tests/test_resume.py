@@ -92,3 +92,17 @@ def test_killed_pipeline_run_resumes_its_student_from_last_ckpt(tmp_path, tiny_s
     student = json.loads((run_dir / "student" / "metrics.json").read_text())
     assert [record["epoch"] for record in student["history"]] == [0, 1]  # epoch 0 kept from the killed run
     assert set(payload["final"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
+
+
+def test_last_checkpoint_follows_every_epoch_not_only_the_best(compose_train, tmp_path):
+    """Resume must continue from the latest epoch: last.ckpt is written after every epoch, even when val/map
+    does not improve (Lightning's save_last alone lags at the best epoch)."""
+    import torch
+
+    from fgkd import training
+
+    result = training.run(compose_train(*TINY, "kd=none", "epochs=3", output_dir=tmp_path / "run"))
+    last = torch.load(result.last_ckpt, map_location="cpu", weights_only=False)
+    assert result.last_ckpt == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()
+    assert last["epoch"] == 2
+    assert result.best_ckpt is not None and result.best_ckpt.name == "best.ckpt"

@@ -396,7 +396,8 @@ def fit(
 
     checkpoint_cb = trainer.checkpoint_callback
     best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb and checkpoint_cb.best_model_path else None
-    last_ckpt = Path(checkpoint_cb.last_model_path) if checkpoint_cb and getattr(checkpoint_cb, "last_model_path", "") else None
+    last_ckpt = output_dir / "checkpoints" / "last.ckpt"  # conf/callbacks/default.yaml: last_checkpoint
+    last_ckpt = last_ckpt if last_ckpt.is_file() else None
     detector_path: Path | None = None
     if trainer.is_global_zero:
         if best_ckpt is not None and best_ckpt.is_file():
