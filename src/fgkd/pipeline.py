@@ -81,7 +81,8 @@ def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
         except ImportError:  # pragma: no cover - the generator is part of the package
             pass
     trainer = {k: v for k, v in (_plain(cfg.trainer) or {}).items() if k not in _NON_SHAPING_TRAINER_KEYS}
-    callbacks = {k: v for k, v in (_plain(cfg.get("callbacks")) or {}).items() if k != "model_checkpoint"}
+    callbacks = {k: v for k, v in (_plain(cfg.get("callbacks")) or {}).items()  # checkpointing shapes nothing
+                 if not str((v or {}).get("_target_", "")).endswith("ModelCheckpoint")}
     return {
         "fgkd": fgkd.__version__,
         "model": _plain(cfg.model),
