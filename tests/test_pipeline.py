@@ -29,7 +29,8 @@ def test_teacher_key_changes_with_every_setting_that_shapes_the_teacher(compose_
                     "model.recipe.optimizer.weight_decay=0.001", "trainer.gradient_clip_val=1.0"]:
         assert _key(compose_train, shaping) != base, shaping
     # settings of the student stage and of logging do not: Table 5 trains ONE teacher for 12 students
-    for neutral in ["kd=mse", "kd=mmd", "alpha=0.1", "logger=none", "trainer.enable_progress_bar=false"]:
+    for neutral in ["kd=mse", "kd=mmd", "alpha=0.1", "logger=none", "trainer.enable_progress_bar=false",
+                    "callbacks.model_checkpoint.save_top_k=2", "callbacks.last_checkpoint.every_n_epochs=2"]:
         assert _key(compose_train, neutral) == base, neutral
     # the student's epochs do not either, once the teacher's are fixed
     assert _key(compose_train, "epochs=3", "teacher.epochs=10") == _key(compose_train, "teacher.epochs=10")
