@@ -57,10 +57,10 @@ def test_none_returns_zero():
 @pytest.mark.parametrize("path", sorted(CONF_KD.glob("*.yaml")), ids=lambda p: p.stem)
 def test_kd_configs_build(path):
     cfg = OmegaConf.load(path)
-    assert set(cfg) == {"name", "params", "teacher_view", "taps", "layers"}
+    assert set(cfg) == {"name", "params", "teacher_view", "taps", "layers", "fuse_teacher"}
     assert cfg.name == path.stem
     assert cfg.teacher_view in ("preprocessed", "original")
-    assert cfg.taps is None and cfg.layers is None
+    assert cfg.taps is None and cfg.layers is None and cfg.fuse_teacher is True
     loss = build_kd_loss(cfg.name, **OmegaConf.to_container(cfg.params))
     assert loss.name == path.stem
     assert {p.stem for p in CONF_KD.glob("*.yaml")} == set(KD_LOSSES)

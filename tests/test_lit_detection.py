@@ -484,3 +484,28 @@ def test_accumulated_batches_sum_their_gradients_like_the_references(monkeypatch
     module._trainer = SimpleNamespace(accumulate_grad_batches=4, optimizers=[], current_epoch=0, world_size=1)
     returned = module.training_step(batch, 0)
     torch.testing.assert_close(returned / 4, total)  # Lightning's division then leaves exactly the step loss
+
+
+@pytest.mark.parametrize("name", ["yolov6n", "yolov8n"])
+def test_fused_frozen_teacher_gives_the_same_kd_loss(name):
+    """kd.fuse_teacher: the teacher is re-parameterised once (no BatchNorm left) and distils the same."""
+    import copy
+
+    from fgkd.lit.detection import DetectionModule
+
+    torch.manual_seed(0)
+    teacher = build(name)
+    for m in teacher.modules():  # non-trivial BN statistics, so folding them is actually exercised
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    student = build(name)
+    plain = DetectionModule(copy.deepcopy(student), teacher=copy.deepcopy(teacher), kd="cs", alpha=1.0)
+    fused = DetectionModule(copy.deepcopy(student), teacher=copy.deepcopy(teacher), kd="cs", alpha=1.0,
+                            fuse_teacher=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.teacher.modules())
+    assert not any(p.requires_grad for p in fused.teacher.parameters()) and not fused.teacher.training
+    batch = make_batch()
+    _, logs_plain = plain.compute_loss(batch)
+    _, logs_fused = fused.compute_loss(batch)
+    torch.testing.assert_close(logs_fused["train/kd"], logs_plain["train/kd"], rtol=1e-4, atol=1e-5)

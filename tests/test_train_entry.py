@@ -138,8 +138,10 @@ def test_end_to_end_base_teacher_and_student_through_compose(compose_train, tmp_
     assert evaluated["val/map"] == pytest.approx(teacher_run.metrics["map"], abs=1e-6)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
 
+    # unfused, so its state_dict can be compared key by key (a fused teacher is restructured by design)
     student_cfg = compose_train(*TINY, "stage=student", "kd=cs", "alpha=0.5", "preprocess=rb_sf",
-                                f"teacher.ckpt={teacher_run.detector_path}", output_dir=tmp_path / "student")
+                                "kd.fuse_teacher=false", f"teacher.ckpt={teacher_run.detector_path}",
+                                output_dir=tmp_path / "student")
     validate(student_cfg)
     student_run = run(student_cfg)
     payload = _read_metrics(tmp_path / "student")

@@ -317,6 +317,7 @@ def _teacher_kd(cfg: DictConfig) -> dict[str, Any]:
         "taps": kd.get("taps"),
         "layers": kd.get("layers"),
         "teacher_view": kd.get("teacher_view", "preprocessed"),
+        "fuse_teacher": bool(kd.get("fuse_teacher", False)),
     }
 
 
