@@ -349,3 +349,12 @@ def profile_top_ops(step: TrainStep, batch: dict[str, Any], steps: int, top: int
         synchronize(step.device)
     sort_by = "self_cuda_time_total" if step.device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
+
+
+def setup(args: Any) -> tuple[torch.device, bool, dict]:
+    """What every benchmark does first: CPU threads, device, AMP choice and one synthetic batch."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    return device, amp, synthetic_batch(args.batch, args.imgsz, args.nc, device)

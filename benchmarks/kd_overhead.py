@@ -61,11 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = _common.resolve_device(args.device)
-    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    batch = _common.synthetic_batch(args.batch, args.imgsz, args.nc, device)
+    device, amp, batch = _common.setup(args)
 
     modes = [("base", "none"), ("kd", args.kd)] + ([("kd_fused", args.kd)] if args.fuse_teacher else [])
     steps = {}

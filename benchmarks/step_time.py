@@ -46,11 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = _common.resolve_device(args.device)
-    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    batch = _common.synthetic_batch(args.batch, args.imgsz, args.nc, device)
+    device, amp, batch = _common.setup(args)
     module = _common.build_module(args.model, args.nc, device, kd=args.kd)
     optimizer, resolved = _common.build_optimizer(module, args.batch, args.nc)
     step = _common.TrainStep(module, optimizer, device, amp)
