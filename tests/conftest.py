@@ -40,7 +40,7 @@ def fgkd_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_synthpipes(fgkd_cache: Path) -> Path:
     """A generated 8-image SynthPipes dataset (longer side 96 px); returns its root (holds data.yaml)."""
-    from fgkd.data import synthpipes
+    from fgkd.data.synth import synthpipes
 
     return Path(synthpipes.ensure_dataset(cache_root=fgkd_cache, num_images=8, seed=0, max_side=96, progress=False))
 

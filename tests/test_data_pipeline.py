@@ -274,7 +274,7 @@ def test_hydra_yolo_and_coco_configs_instantiate(tmp_path):
 
 
 def test_synthpipes_through_the_same_loader(tmp_path):
-    pytest.importorskip("fgkd.data.synthpipes")
+    pytest.importorskip("fgkd.data.synth.synthpipes")
     from hydra.utils import instantiate
 
     cfg = _compose(

@@ -512,9 +512,9 @@ def test_cli_without_image_uses_synthpipes_sample(tmp_path, monkeypatch):
         write_sample(tmp_path / "ds")
         return tmp_path / "ds"
 
-    fake = types.ModuleType("fgkd.data.synthpipes")
+    fake = types.ModuleType("fgkd.data.synth.synthpipes")
     fake.ensure_dataset = fake_ensure_dataset
-    monkeypatch.setitem(sys.modules, "fgkd.data.synthpipes", fake)
+    monkeypatch.setitem(sys.modules, "fgkd.data.synth.synthpipes", fake)
     out_path = tmp_path / "grid.png"
     pp.main(["--grid", "--out", str(out_path), "--max-side", "56", "--num-images", "1", "--tile-side", "32"])
     assert calls == {"max_side": 56, "num_images": 1}
@@ -539,7 +539,7 @@ def test_non_contiguous_inputs_are_accepted():
 
 @pytest.mark.slow
 def test_cli_with_real_synthpipes(tmp_path, monkeypatch):
-    pytest.importorskip("fgkd.data.synthpipes")
+    pytest.importorskip("fgkd.data.synth.synthpipes")
     monkeypatch.setenv("FGKD_CACHE", str(tmp_path / "cache"))
     out_path = tmp_path / "grid.png"
     pp.main(["--grid", "--out", str(out_path), "--max-side", "96", "--num-images", "2", "--tile-side", "96"])

@@ -193,7 +193,7 @@ def test_slurm_options_map_to_submitit_names_and_unknown_ones_are_rejected(tmp_p
 
 
 def test_sweep_cli_rejects_an_unknown_slurm_option(capsys):
-    spec = importlib.util.spec_from_file_location("sweep_cli", sweeps.REPO_ROOT / "sweep.py")
+    spec = importlib.util.spec_from_file_location("sweep_cli", sweeps.project_root() / "sweep.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     with pytest.raises(SystemExit):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fgkd.data import synthpipes as sp
+from fgkd.data.synth import synthpipes as sp
 
 TINY = {"max_side": 128}
 
@@ -50,7 +50,7 @@ def test_layout_and_data_yaml(dataset: Path):
     expected = sp.SynthPipesSettings(num_images=16, seed=3, val_fraction=0.25, **TINY).as_dict()
     assert cfg["generator"] == expected
     assert cfg["generator"]["version"] == sp.GENERATOR_VERSION
-    marker = json.loads((dataset / sp.MARKER_NAME).read_text())
+    marker = json.loads((dataset / sp.COMPLETE_MARKER).read_text())
     assert marker["generator"] == expected
     train = sorted((dataset / "images/train").glob("*.jpg"))
     val = sorted((dataset / "images/val").glob("*.jpg"))
@@ -249,13 +249,13 @@ def test_ensure_dataset_caches_by_settings(tmp_path: Path):
     first = sp.ensure_dataset(tmp_path, progress=False, **settings)
     assert first.parent == tmp_path.absolute() and first.name.startswith("synthpipes-")
     assert first == sp.dataset_dir(tmp_path, **settings)
-    marker = first / sp.MARKER_NAME
+    marker = first / sp.COMPLETE_MARKER
     stamp = (marker.stat().st_mtime_ns, (first / "data.yaml").stat().st_mtime_ns)
     again = sp.ensure_dataset(tmp_path, progress=False, **settings)
     assert again == first
     assert (marker.stat().st_mtime_ns, (first / "data.yaml").stat().st_mtime_ns) == stamp  # not regenerated
     other = sp.ensure_dataset(tmp_path, progress=False, **{**settings, "empty_fraction": 0.5})
-    assert other != first and (other / sp.MARKER_NAME).is_file()
+    assert other != first and (other / sp.COMPLETE_MARKER).is_file()
     assert sp.dataset_dir(tmp_path, **{**settings, "seed": 2}) != first
 
 
@@ -269,13 +269,13 @@ def test_incomplete_cache_dir_is_regenerated(tmp_path: Path):
     out = sp.ensure_dataset(tmp_path, progress=False, **settings)
     assert out == target
     assert not (out / "half_written.txt").exists() and not stale_tmp.exists()
-    assert (out / sp.MARKER_NAME).is_file() and len(list(out.glob("images/*/*.jpg"))) == 2
+    assert (out / sp.COMPLETE_MARKER).is_file() and len(list(out.glob("images/*/*.jpg"))) == 2
     # a marker written for other settings does not count as complete either
-    marker = json.loads((out / sp.MARKER_NAME).read_text())
+    marker = json.loads((out / sp.COMPLETE_MARKER).read_text())
     marker["generator"]["seed"] = 8
-    (out / sp.MARKER_NAME).write_text(json.dumps(marker))
+    (out / sp.COMPLETE_MARKER).write_text(json.dumps(marker))
     sp.ensure_dataset(tmp_path, progress=False, **settings)
-    assert json.loads((out / sp.MARKER_NAME).read_text())["generator"]["seed"] == 7
+    assert json.loads((out / sp.COMPLETE_MARKER).read_text())["generator"]["seed"] == 7
 
 
 def _ensure_in_child(args):
@@ -290,7 +290,7 @@ def test_concurrent_ensure_dataset_builds_one_dataset(tmp_path: Path):
         paths = pool.map(_ensure_in_child, [(str(tmp_path), settings)] * 2)
     assert paths[0] == paths[1]
     out = Path(paths[0])
-    assert (out / sp.MARKER_NAME).is_file() and len(list(out.glob("images/*/*.jpg"))) == 4
+    assert (out / sp.COMPLETE_MARKER).is_file() and len(list(out.glob("images/*/*.jpg"))) == 4
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
 
@@ -299,9 +299,12 @@ def test_default_cache_root(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("FGKD_CACHE", str(tmp_path / "c"))
     assert sp.default_cache_root() == tmp_path / "c"
     monkeypatch.delenv("FGKD_CACHE")
-    root = sp.default_cache_root()
-    assert root.parts[-2:] == ("outputs", "cache")
-    assert (root.parent.parent / "pyproject.toml").is_file()
+    monkeypatch.delenv("FGKD_OUTPUTS", raising=False)
+    monkeypatch.delenv("FGKD_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # outputs follow the working directory, never the installed package
+    assert sp.default_cache_root() == tmp_path / "outputs" / "cache"
+    monkeypatch.setenv("FGKD_OUTPUTS", str(tmp_path / "o"))
+    assert sp.default_cache_root() == tmp_path / "o" / "cache"
 
 
 def test_cli_writes_dataset(tmp_path: Path, capsys):

@@ -75,7 +75,7 @@ def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
         data_version["fingerprint"] = dataset_fingerprint(str(root))
     else:
         try:
-            from fgkd.data import synthpipes
+            from fgkd.data.synth import synthpipes
 
             data_version["synthpipes"] = synthpipes.GENERATOR_VERSION
         except ImportError:  # pragma: no cover - the generator is part of the package

@@ -487,7 +487,7 @@ def mask_path_for(image_path: Path) -> Path:
 
 def _synthpipes_sample(index: int, max_side: int, num_images: int) -> tuple[Path, Path]:
     try:
-        from fgkd.data.synthpipes import ensure_dataset  # lazy: only the no-image CLI path needs it
+        from fgkd.data.synth.synthpipes import ensure_dataset  # lazy: only the no-image CLI path needs it
     except ImportError as err:
         raise SystemExit(f"SynthPipes is not available ({err}); pass --image IMG --mask MASK instead") from err
     root = Path(ensure_dataset(max_side=max_side, num_images=num_images))

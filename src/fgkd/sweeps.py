@@ -33,8 +33,9 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
+from fgkd.io import atomic_open, atomic_save, atomic_write
+from fgkd.paths import project_root
+
 METRIC_KEYS = ("map", "map_50", "mar_1", "mar_10", "mar_100")
 METRIC_NAMES = ("mAP", "mAP50", "mAR1", "mAR10", "mAR100")
 SCALES = ("smoke", "dev", "paper")
@@ -113,7 +114,8 @@ def _sweep_values(value: Any) -> list[str]:
     return [override.get_value_element_as_str()]
 
 
-def load_experiment(name: str, conf_dir: Path = CONF_DIR) -> Experiment:
+def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
+    conf_dir = conf_dir if conf_dir is not None else project_root() / "conf"
     path = conf_dir / "experiment" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (conf_dir / "experiment").glob("*.yaml"))
@@ -167,7 +169,7 @@ def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[st
     """``python train.py <run overrides> <extra> hydra.run.dir=<run_dir>`` (``$FGKD_TRAIN_COMMAND`` replaces
     ``python train.py``)."""
     custom = os.environ.get(TRAIN_COMMAND_ENV, "").strip()
-    program = shlex.split(custom) if custom else [sys.executable, str(REPO_ROOT / "train.py")]
+    program = shlex.split(custom) if custom else [sys.executable, str(project_root() / "train.py")]
     return [*program, *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
 
 
@@ -187,7 +189,7 @@ def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
         handle.write(f"$ {' '.join(train_command(run, run_dir, extra))}\n")
         handle.flush()
         proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
-                              cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     metrics = read_metrics(run_dir) if proc.returncode == 0 else None
     if metrics is None:
         (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
@@ -389,13 +391,11 @@ def write_outputs(exp: Experiment, results: list[RunResult], out_dir: Path, comm
         text += "\nRuns without results (failed or not run yet):\n"
         text += "".join(f"- {r.run.describe()}: {'FAILED, log ' + str(r.log) if r.failed else 'missing'}\n"
                         for r in failed)
-    _atomic_write(out_dir / "table.md", text)
-    tmp = out_dir / "table.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
+    atomic_write(out_dir / "table.md", text)
+    with atomic_open(out_dir / "table.csv", "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, out_dir / "table.csv")
     if exp.layout.get("figure") == "fig6":
         plot_fig6(exp, results, out_dir / "fig6.png", command)
     return text
@@ -427,13 +427,5 @@ def plot_fig6(exp: Experiment, results: list[RunResult], path: Path, command: st
     ax.legend()
     fig.text(0.01, 0.01, command, fontsize=6, color="gray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    atomic_save(path, lambda handle: fig.savefig(handle, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -7,42 +7,41 @@ An entry is a folder ``<root>/<label>-<key16>/`` holding ``teacher.ckpt``, ``met
 
 Atomicity and concurrency policy:
 
-* the builder writes into a private temporary folder ``<entry>.tmp-<pid>-<n>``; only after it returned
-  do we write the ``COMPLETE`` marker into it and ``os.replace`` it onto the entry path, so a crashed or
+* the builder writes into a private temporary folder (a hidden sibling of the entry); only after it
+  returned is the ``COMPLETE`` marker written and the folder renamed onto the entry path (:func:`fgkd.io.publish_dir`), so a crashed or
   killed build never leaves an entry that looks finished (an entry without ``COMPLETE`` is ignored);
-* builds of the same key are serialized by an exclusive ``fcntl.flock`` on ``<entry>.lock``; the OS
-  releases it when a holder dies, so a second run waits, then finds the finished entry and reuses it
+* builds of the same key are serialized by an exclusive lock on ``<entry>.lock`` (:func:`fgkd.io.file_lock`);
+  the OS releases it when a holder dies, so a second run waits, then finds the finished entry and reuses it
   (one teacher is trained once, not once per run). Stale temporary folders are removed by the next
   holder of the lock.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import itertools
-import json
-import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COMPLETE_MARKER = "COMPLETE"
+from fgkd.io import (
+    COMPLETE_MARKER,
+    atomic_write_json,
+    content_key,
+    file_lock,
+    publish_dir,
+    read_json,
+    remove_stale,
+    tmp_sibling,
+)
+from fgkd.io import canonical_json as canonical_json  # re-exported: the key's serialisation
+
 CHECKPOINT_NAME = "teacher.ckpt"
-_tmp_counter = itertools.count()
-
-
-def canonical_json(spec: Any) -> str:
-    """Stable JSON (sorted keys, no whitespace variance); non-JSON values (Paths…) become strings."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+__all__ = ["CHECKPOINT_NAME", "COMPLETE_MARKER", "CacheEntry", "TeacherCache", "canonical_json", "is_complete", "spec_key"]
 
 
 def spec_key(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+    return content_key(spec)
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,11 @@ class CacheEntry:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        metrics_file = self.path / "metrics.json"
-        return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        return read_json(self.path / "metrics.json", default={})
 
 
 class TeacherCache:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def entry_path(self, spec: dict[str, Any], label: str = "teacher") -> Path:
@@ -74,32 +72,6 @@ class TeacherCache:
         if is_complete(path):
             return CacheEntry(path, spec_key(spec), reused=True)
         return None
-
-    @contextlib.contextmanager
-    def _locked(self, path: Path, poll_s: float, timeout_s: float | None) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = path.with_name(path.name + ".lock")
-        with open(lock_path, "a+") as handle:
-            start = time.monotonic()
-            announced = False
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not announced:
-                        print(f"[teacher-cache] waiting for another run building {path.name} …", flush=True)
-                        announced = True
-                    if timeout_s is not None and time.monotonic() - start > timeout_s:
-                        raise TimeoutError(
-                            f"gave up after {timeout_s:.0f}s waiting for the teacher-cache lock {lock_path}; "
-                            "another run is still training this teacher"
-                        ) from None
-                    time.sleep(poll_s)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def get_or_build(
         self,
@@ -118,22 +90,23 @@ class TeacherCache:
         key = spec_key(spec)
         if is_complete(path):
             return CacheEntry(path, key, reused=True)
-        with self._locked(path, poll_s, timeout_s):
+        self.root.mkdir(parents=True, exist_ok=True)
+        waiting = f"[teacher-cache] waiting for another run building {path.name} …"
+        with file_lock(path.with_name(path.name + ".lock"), poll_s=poll_s, timeout_s=timeout_s,
+                       waiting_message=waiting):
             if is_complete(path):  # built by the run we waited for
                 return CacheEntry(path, key, reused=True)
-            for stale in path.parent.glob(path.name + ".tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            remove_stale(path)
             if path.exists():  # an unfinished entry from an older layout or a manual copy: never trusted
                 shutil.rmtree(path)
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")
+            tmp = tmp_sibling(path)
             tmp.mkdir(parents=True)
             try:
-                (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+                atomic_write_json(tmp / "spec.json", spec)
                 build(tmp)
                 if not (tmp / CHECKPOINT_NAME).is_file():
                     raise RuntimeError(f"teacher build finished without writing {CHECKPOINT_NAME} into {tmp}")
-                (tmp / COMPLETE_MARKER).write_text(key + "\n")
-                os.replace(tmp, path)
+                publish_dir(tmp, path, marker_text=key + "\n")
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

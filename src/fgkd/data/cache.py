@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ from fgkd.data import imageio
 from fgkd.data.augment import resize_long_side
 from fgkd.data.formats import SampleRecord, SegmentMask
 from fgkd.data.imageio import BadImageError
-from fgkd.data.synthpipes import (
+from fgkd.data.synth.synthpipes import (
     default_cache_root,  # one definition of the cache root, shared with the generator
 )
+from fgkd.io import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +130,13 @@ class ResizedImageCache:
             return None
 
     def _write(self, path: Path, loaded: LoadedImage) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False)
-        try:
-            with handle:
-                np.savez(
-                    handle,
-                    image=loaded.image,
-                    mask=loaded.mask,
-                    orig_shape=np.asarray(loaded.orig_shape, np.int64),
-                    mask_resized=np.asarray(loaded.mask_resized),
-                )
-            os.replace(handle.name, path)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
+        atomic_save(path, lambda handle: np.savez(
+            handle,
+            image=loaded.image,
+            mask=loaded.mask,
+            orig_shape=np.asarray(loaded.orig_shape, np.int64),
+            mask_resized=np.asarray(loaded.mask_resized),
+        ))
 
     def load(self, record: SampleRecord) -> LoadedImage:
         """The resized sample, from the cache when present, else decoded (and stored when enabled)."""

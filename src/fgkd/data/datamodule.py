@@ -67,7 +67,7 @@ class DetectionDataModule(L.LightningDataModule):
             ``synthpipes``.
         format: "yolo" | "coco".
         synthpipes: SynthPipes settings (num_images, max_side, seed, ...): the dataset is generated once
-            into the cache (``fgkd.data.synthpipes.ensure_dataset``) and read as YOLO.
+            into the cache (``fgkd.data.synth.synthpipes.ensure_dataset``) and read as YOLO.
         data_yaml: YOLO data.yaml (default ``root/data.yaml``); ``splits`` ({train: ..., val: ...} folders or
             .txt lists) and ``names`` override it.
         ann_train / ann_val / ann_test: COCO instances json per split; images_<split> (default
@@ -207,7 +207,7 @@ class DetectionDataModule(L.LightningDataModule):
     def dataset_root(self) -> Path:
         """The dataset folder; with ``synthpipes`` settings it is generated on first use."""
         if self.synthpipes is not None:
-            from fgkd.data import synthpipes
+            from fgkd.data.synth import synthpipes
 
             root = synthpipes.ensure_dataset(cache_root=self.cache_root, progress=self.progress, **self.synthpipes)
             self.root = Path(root)

@@ -7,13 +7,9 @@ Evaluation facts (backend, non-scalar outputs, update/compute split): /work/shar
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,21 +91,3 @@ def format_table(rows: Mapping[str, Mapping[str, Any]] | Mapping[str, Any], digi
         cells = "  ".join(f"{values[m]:>7.{digits}f}" for m in FIVE_METRICS)
         lines.append(f"{str(label):<{label_width}}  {cells}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write JSON via a temporary file in the same folder + ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
