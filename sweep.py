@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from fgkd import sweeps
+from fgkd.paths import outputs_root
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args, options, extra = parse(sys.argv[1:] if argv is None else argv)
     exp = sweeps.load_experiment(args.experiment)
     scale, seeds = options.get("scale", "smoke"), int(options.get("seeds", 1))
-    sweep_dir = args.dir or sweeps.outputs_root() / "sweeps" / exp.name / scale
-    out_dir = sweep_dir if args.dir else sweeps.outputs_root() / "sweeps" / args.experiment / scale
+    sweep_dir = args.dir or outputs_root() / "sweeps" / exp.name / scale
+    out_dir = sweep_dir if args.dir else outputs_root() / "sweeps" / args.experiment / scale
     runs = exp.runs(scale, seeds)
     command = "python sweep.py " + " ".join([args.experiment, *(f"{k}={v}" for k, v in options.items())])
     if not args.collect:

@@ -326,13 +326,15 @@ def test_summarize_split_targets_and_perfect_predictions():
 
 
 def test_format_table_and_atomic_json(tmp_path):
-    from fgkd.metrics.detection import format_table, write_json_atomic
+    from fgkd.metrics.detection import format_table
 
     table = format_table({"base": {"map": 0.25, "map_50": 0.5, "mar_1": 0.1, "mar_10": 0.2, "mar_100": 0.3}})
     header, _, row = table.splitlines()
     assert header.split()[1:] == ["mAP", "mAP50", "mAR1", "mAR10", "mAR100"]
     assert row.split() == ["base", "0.250", "0.500", "0.100", "0.200", "0.300"]
-    path = write_json_atomic(tmp_path / "sub" / "metrics.json", {"a": 1})
+    from fgkd.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "sub" / "metrics.json", {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary file left
 

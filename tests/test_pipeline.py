@@ -52,10 +52,11 @@ def _sha(path):
 
 
 def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_path):
-    first = run(compose_train(*TINY, "kd=cs", "alpha=0.5", "preprocess=rb", output_dir=tmp_path / "cs"))
+    own_cache = f"paths.cache_dir={tmp_path / 'cache'}"  # a warm shared $FGKD_CACHE may already hold this teacher
+    first = run(compose_train(*TINY, own_cache, "kd=cs", "alpha=0.5", "preprocess=rb", output_dir=tmp_path / "cs"))
     assert not first.teacher_reused and first.teacher_path.is_file()
     teacher_hash = _sha(first.teacher_path)
-    second = run(compose_train(*TINY, "kd=mse", "alpha=0.1", "preprocess=rb", output_dir=tmp_path / "mse"))
+    second = run(compose_train(*TINY, own_cache, "kd=mse", "alpha=0.1", "preprocess=rb", output_dir=tmp_path / "mse"))
     assert second.teacher_reused and second.teacher_path == first.teacher_path
     assert _sha(second.teacher_path) == teacher_hash  # distilling from it never writes it
 

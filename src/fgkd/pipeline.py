@@ -23,7 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import fgkd
-from fgkd.metrics.detection import FIVE_METRICS, write_json_atomic
+from fgkd.io import atomic_write_json
+from fgkd.metrics.detection import FIVE_METRICS
 from fgkd.teacher_cache import CHECKPOINT_NAME, CacheEntry, TeacherCache
 from fgkd.training import METRICS_FILE, FitResult, fit, load_detector
 
@@ -175,7 +176,7 @@ def run(cfg: DictConfig) -> PipelineResult:
                   "student_detector": str(student.detector_path) if student.detector_path else None,
                   "best_ckpt": str(student.best_ckpt) if student.best_ckpt else None},
     }
-    metrics_path = write_json_atomic(output_dir / METRICS_FILE, payload)
+    metrics_path = atomic_write_json(output_dir / METRICS_FILE, payload)
     return PipelineResult(
         metrics=student.five, teacher_metrics=teacher_metrics, output_dir=output_dir, metrics_path=metrics_path,
         best_ckpt=student.best_ckpt, teacher_path=teacher_path, teacher_reused=reused, student=student,

@@ -29,9 +29,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fgkd.io import atomic_write_json
 from fgkd.lit.detection import DetectionModule
 from fgkd.lit.optim import Recipe, accumulate_steps
-from fgkd.metrics.detection import FIVE_METRICS, PER_CLASS_PREFIX, write_json_atomic
+from fgkd.metrics.detection import FIVE_METRICS, PER_CLASS_PREFIX
 from fgkd.models.detectors.base import Detector, build_detector
 
 log = logging.getLogger(__name__)
@@ -455,7 +456,7 @@ def write_metrics_json(result: FitResult, cfg: DictConfig, **context: Any) -> Pa
         },
         "history": result.history,
     }
-    return write_json_atomic(result.metrics_path, payload)
+    return atomic_write_json(result.metrics_path, payload)
 
 
 def _announce_wandb(loggers: list[Any]) -> None:

@@ -267,7 +267,7 @@ class EpochSampler(Sampler):
 
 
 def collate_detection(samples: Sequence[Mapping[str, Any]], teacher_view: str | None = None) -> dict[str, Any]:
-    """Stack samples into the contract's batch (see CONTRACT.md "Batch").
+    """Stack samples into a detection batch (``images``, ``teacher_images``, ``masks``, ``targets``).
 
     With ``teacher_view="original"`` ``teacher_images`` is the very same tensor as ``images``."""
     images = torch.from_numpy(np.stack([sample["image"] for sample in samples])).permute(0, 3, 1, 2)

@@ -11,7 +11,7 @@ multiplies by ``alpha`` (Eq. 9). Common rules (kd_losses.md §0, §6.4):
   except for ``mmd`` with ``variant="nst"``, in channels (use :func:`fgkd.distill.adapters.build_adapters`);
 * ``loss.per_tap(student, teacher)`` returns the list of per-tap values (for logging);
 * flags for the training module: ``enabled`` (False only for ``none``), ``uses_logits`` (True only for
-  ``kl``, whose "features" are ``[raw["cls"]]`` of student and teacher instead of tapped maps).
+  ``kl``, whose "features" are ``[detector.kd_logits(raw)]`` of student and teacher instead of tapped maps).
 
 Names: ``none cs mse mmd cwd kl`` (``KD_LOSSES``; ``build_kd_loss(name, **params)``).
 """
@@ -337,7 +337,7 @@ class ChannelWiseDivergenceLoss(KDLoss):
 class LogitKLLoss(KDLoss):
     """Logit distillation on the detection head's class scores (Hinton 2015; YOLOv6 [14]; Table 4 "KD-KL").
 
-    Inputs are ``[raw["cls"]]`` of student and teacher: ``float[B, A, nc]`` logits (``uses_logits = True``;
+    Inputs are ``[detector.kd_logits(raw)]`` of student and teacher: ``float[B, A, nc]`` logits (``uses_logits = True``;
     one tensor per list, or several heads' logits). Temperature T (default 1, kd_losses.md §5; Hinton /
     mdistiller use 4, YOLOv6 20) and the usual T² factor. ``mode``:
 

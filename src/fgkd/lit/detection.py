@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -32,12 +31,13 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from fgkd.io import atomic_write_json
 from fgkd.lit.batchnorm import BatchNormWarmup, recalibrate_batchnorm
 from fgkd.lit.optim import Recipe, configure_recipe
-from fgkd.metrics.detection import FIVE_METRICS, build_map_metric, split_targets, summarize, write_json_atomic
+from fgkd.metrics.detection import build_map_metric, split_targets, summarize
 from fgkd.models.detectors.base import Detector
 
-#: view name -> batch key (CONTRACT.md "Batch")
+#: view name -> batch key (fgkd.data.dataset.collate)
 VIEW_KEYS: dict[str, str] = {"original": "images", "preprocessed": "teacher_images"}
 VIEWS = tuple(VIEW_KEYS)
 
@@ -56,17 +56,13 @@ def batch_images(batch: Mapping[str, Any], view: str) -> torch.Tensor:
 
 
 def task_loss_reduction(detector: nn.Module) -> str:
-    """``"sum"`` when the detector's task loss is summed over the images of a batch, else ``"mean"``.
-
-    A detector may declare it as ``loss_reduction``; otherwise the YOLOv8 family is "sum" (the reference
-    returns ``loss * batch_size``, detectors.md §3.2) and every other family "mean".
-    """
+    """The detector's declared ``loss_reduction``: ``"sum"`` (task loss summed over the images of a batch,
+    YOLOv8's ``loss * batch_size``, detectors.md §3.2) or ``"mean"``; anything else is an error."""
     declared = getattr(detector, "loss_reduction", None)
-    if declared is not None:
-        if declared not in ("sum", "mean"):
-            raise ValueError(f"{type(detector).__name__}.loss_reduction must be 'sum' or 'mean', got {declared!r}")
-        return str(declared)
-    return "sum" if getattr(detector, "family", "") == "yolov8" else "mean"
+    if declared not in ("sum", "mean"):
+        raise ValueError(f"{type(detector).__name__}.loss_reduction must be declared as 'sum' or 'mean', "
+                         f"got {declared!r}")
+    return str(declared)
 
 
 class FrozenTeacher:
@@ -290,7 +286,7 @@ class DetectionModule(pl.LightningModule):
                 batch_images(batch, self.teacher_view), None if self.kd_loss.uses_logits else self.tap_names
             )
             if self.kd_loss.uses_logits:
-                names, pairs = ["cls"], ([raw["cls"]], [teacher_raw["cls"]])
+                names, pairs = ["logits"], ([self.student.kd_logits(raw)], [self._teacher.model.kd_logits(teacher_raw)])
             else:
                 from fgkd.distill.adapters import apply_adapters
 
@@ -344,7 +340,7 @@ class DetectionModule(pl.LightningModule):
         if self.best_val is None or record["map"] > self.best_val["map"]:
             self.best_val = record
         if self.history_path is not None and (self._trainer is None or self.trainer.is_global_zero):
-            write_json_atomic(self.history_path, {"history": self.val_history, "best": self.best_val})
+            atomic_write_json(self.history_path, {"history": self.val_history, "best": self.best_val})
 
     # -- optimization ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -367,16 +363,3 @@ class DetectionModule(pl.LightningModule):
         )
         self.resolved_optimizer = resolved
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-    # -- export ---------------------------------------------------------------------------------------------
-    def student_payload(self) -> dict[str, Any]:
-        """What a student/teacher weights file holds: the detector's state_dict and how to rebuild it."""
-        return {
-            "state_dict": copy.deepcopy(self.student.state_dict()),
-            "detector": dict(self.hparams.get("detector_spec") or {}),
-            "class_names": self.class_names,
-        }
-
-    def five_metrics(self) -> dict[str, float]:
-        best = self.best_val or {}
-        return {name: float(best.get(name, math.nan)) for name in FIVE_METRICS}

@@ -48,6 +48,8 @@ class Detector(nn.Module):
     default_taps: list[str] = []
     num_classes: int
     family: str = ""
+    #: how ``loss`` reduces over the images of a batch: "sum" or "mean" (DDP scales a summed loss by the world size)
+    loss_reduction: str = ""
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -61,6 +63,13 @@ class Detector(nn.Module):
         self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300
     ) -> list[dict[str, torch.Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def kd_logits(self, raw: Any) -> torch.Tensor:
+        """Class logits ``[B, A, nc]`` for logit KD (``kd=kl``); families without dense logits refuse it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define logits for logit KD (kd=kl); use a feature KD loss "
+            "(kd=cs|mse|mmd|cwd) with this detector"
+        )
 
     def tap_module(self, name: str) -> nn.Module:
         """The module behind tap ``name``; unknown names raise a KeyError listing the valid ones."""

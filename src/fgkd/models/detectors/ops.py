@@ -21,7 +21,6 @@ __all__ = [
     "dfl_decode",
     "decode_ltrb",
     "decode_boxes",
-    "decode_box",
     "postprocess",
     "check_raw",
 ]
@@ -102,7 +101,6 @@ def decode_boxes(raw: Mapping[str, Any]) -> torch.Tensor:
     return dist2bbox(decode_ltrb(raw) * raw["strides"], raw["anchors"])
 
 
-decode_box = decode_boxes  # the name used in CONTRACT.md
 
 
 @torch.no_grad()

@@ -205,6 +205,7 @@ class YOLOv6(Detector):
     """
 
     family = "yolov6"
+    loss_reduction = "mean"  # detectors.md §3: the reference averages over the batch
     taps = {f"backbone.p{i}": f"backbone.p{i}" for i in (2, 3, 4, 5)} | {
         f"neck.p{i}": f"neck.p{i}" for i in (3, 4, 5)
     }
@@ -257,6 +258,9 @@ class YOLOv6(Detector):
         cls, box = self.head(feats)
         anchors, strides = make_anchors(feats, self.strides, 0.5)
         return {"cls": cls, "box": box, "anchors": anchors, "strides": strides, "bins": self.bins}
+
+    def kd_logits(self, raw: DetectorOutput) -> torch.Tensor:
+        return raw["cls"]
 
     def loss(
         self, raw: DetectorOutput, targets: torch.Tensor, epoch: int | None = None

@@ -227,6 +227,7 @@ class YOLOv8(Detector):
     """YOLOv8 detector (one size = one ``(depth, width, max_channels)`` triple)."""
 
     family = "yolov8"
+    loss_reduction = "sum"  # detectors.md §3: the reference returns loss * batch_size
     taps = {
         "backbone.p2": "backbone.stage2",  # L2
         "backbone.p3": "backbone.stage3",  # L4
@@ -288,6 +289,9 @@ class YOLOv8(Detector):
         anchor_dtype = torch.promote_types(anchors.dtype, torch.float32)
         anchors, strides = anchors.to(anchor_dtype), strides.to(anchor_dtype)
         return {"cls": cls, "box": box, "anchors": anchors, "strides": strides, "bins": self.bins}
+
+    def kd_logits(self, raw: DetectorOutput) -> torch.Tensor:
+        return raw["cls"]
 
     def loss(
         self, raw: DetectorOutput, targets: torch.Tensor, epoch: int | None = None
