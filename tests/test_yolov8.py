@@ -201,7 +201,7 @@ def test_bad_inputs_and_overrides_raise_clear_errors(nano):
         nano(torch.rand(1, 3, 70, 64))
     with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
         nano(torch.rand(3, 64, 64))
-    with pytest.raises(TypeError, match="unknown override"):
+    with pytest.raises(TypeError, match="unknown option"):
         build_detector("yolov8n", num_classes=3, widht=0.5)
     with pytest.raises(ValueError, match="scale"):
         YOLOv8(3, "x")

@@ -30,6 +30,8 @@ from typing import Any, TypedDict
 import torch
 from torch import nn
 
+from fgkd.models.registry import UnknownModelError, build_model, list_models, register_model
+
 
 class DetectorOutput(TypedDict):
     cls: torch.Tensor
@@ -81,43 +83,17 @@ class Detector(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-_REGISTRY: dict[str, Callable[..., Detector]] = {}
-
-
 def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable[..., Detector]]:
-    """Decorator: ``@register_detector("yolov8n")`` on a factory ``f(num_classes, **overrides)``."""
-
-    def wrap(factory: Callable[..., Detector]) -> Callable[..., Detector]:
-        if name in _REGISTRY:
-            raise ValueError(f"detector {name!r} registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def _import_families() -> None:
-    # Importing the family modules fills the registry (timm-style registration on import).
-    import importlib
-
-    for module in ("yolov6", "yolov8"):
-        try:
-            importlib.import_module(f"fgkd.models.detectors.{module}")
-        except ModuleNotFoundError as err:  # a family not written yet must not hide the others
-            if err.name != f"fgkd.models.detectors.{module}":
-                raise
+    """``@register_detector("yolov8n")``: :func:`fgkd.models.registry.register_model` for task ``detect``."""
+    return register_model(name, task="detect")
 
 
 def list_detectors() -> list[str]:
-    _import_families()
-    return sorted(_REGISTRY)
+    return list_models(task="detect")
 
 
 def build_detector(name: str, num_classes: int, **overrides: Any) -> Detector:
-    """Build a registered detector with random init (weights are loaded separately, never downloaded)."""
-    _import_families()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown detector {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return _REGISTRY[name](num_classes=num_classes, **overrides)
+    """Build a registered detector (``weights=PATH`` loads a local file; nothing is downloaded)."""
+    if name in list_models() and name not in list_detectors():
+        raise UnknownModelError(f"{name!r} is not a detector; choose one of: {', '.join(list_detectors())}")
+    return build_model(name, num_classes, **overrides)

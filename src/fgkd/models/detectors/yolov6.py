@@ -29,6 +29,7 @@ from fgkd.models.detectors.yolov6_blocks import (
     fuse_blocks,
     rep_stage,
 )
+from fgkd.models.registry import check_options
 
 BACKBONE_REPEATS = (1, 6, 12, 18, 6)
 BACKBONE_CHANNELS = (64, 128, 256, 512, 1024)
@@ -294,13 +295,10 @@ _LOSS_KEYS = ("cls_weight", "iou_weight", "dfl_weight", "topk", "alpha", "beta",
 _ARCH_KEYS = ("training_mode", "iou_type", "bins", "cspsppf")
 
 
-def build_yolov6(size: str, num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv6:
+def build_yolov6(size: str, num_classes: int, **overrides: Any) -> YOLOv6:
     """Build ``yolov6{size}``; ``overrides`` may set the architecture keys ``training_mode``, ``iou_type``,
-    ``bins``, ``cspsppf`` and the loss keys of YOLOv6Loss; ``weights`` is a local checkpoint path."""
-    unknown = sorted(set(overrides) - set(_LOSS_KEYS) - set(_ARCH_KEYS))
-    if unknown:
-        allowed = ", ".join(_ARCH_KEYS + _LOSS_KEYS)
-        raise ValueError(f"unknown yolov6{size} option(s) {unknown}; allowed: weights, {allowed}")
+    ``bins``, ``cspsppf`` and the loss keys of YOLOv6Loss (weights: ``fgkd.models.registry.build_model``)."""
+    check_options(f"yolov6{size}", overrides, _ARCH_KEYS + _LOSS_KEYS)
     spec = SPECS[size]
     model = YOLOv6(
         num_classes,
@@ -313,10 +311,6 @@ def build_yolov6(size: str, num_classes: int, weights: str | None = None, **over
         iou_type=overrides.get("iou_type", spec.iou_type),
         loss_kwargs={k: overrides[k] for k in _LOSS_KEYS if k in overrides},
     )
-    if weights:
-        from fgkd.models.weights import load_weights
-
-        load_weights(model, weights)
     return model
 
 

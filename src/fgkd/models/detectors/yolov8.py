@@ -26,7 +26,7 @@ from fgkd.models.detectors.base import Detector, DetectorOutput, register_detect
 from fgkd.models.detectors.common import ConvBNAct
 from fgkd.models.detectors.losses import YOLOv8Loss
 from fgkd.models.detectors.ops import make_anchors, postprocess
-from fgkd.models.weights import load_weights
+from fgkd.models.registry import check_options
 
 #: ``[depth, width, max_channels]`` per model size (yolov8.yaml ``scales``)
 SCALES: dict[str, tuple[float, float, int]] = {
@@ -318,31 +318,26 @@ class YOLOv8(Detector):
 OVERRIDES = ("box_gain", "cls_gain", "dfl_gain", "topk", "alpha", "beta")
 
 
-def _build(scale: str, num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv8:
-    unknown = sorted(set(overrides) - set(OVERRIDES))
-    if unknown:
-        raise TypeError(f"yolov8{scale}: unknown override(s) {unknown}; allowed: weights, {', '.join(OVERRIDES)}")
-    model = YOLOv8(num_classes, scale, **overrides)
-    if weights:
-        load_weights(model, weights)
-    return model
+def _build(scale: str, num_classes: int, **overrides: Any) -> YOLOv8:
+    check_options(f"yolov8{scale}", overrides, OVERRIDES)
+    return YOLOv8(num_classes, scale, **overrides)
 
 
 @register_detector("yolov8n")
-def yolov8n(num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv8:
-    return _build("n", num_classes, weights, **overrides)
+def yolov8n(num_classes: int, **overrides: Any) -> YOLOv8:
+    return _build("n", num_classes, **overrides)
 
 
 @register_detector("yolov8s")
-def yolov8s(num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv8:
-    return _build("s", num_classes, weights, **overrides)
+def yolov8s(num_classes: int, **overrides: Any) -> YOLOv8:
+    return _build("s", num_classes, **overrides)
 
 
 @register_detector("yolov8m")
-def yolov8m(num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv8:
-    return _build("m", num_classes, weights, **overrides)
+def yolov8m(num_classes: int, **overrides: Any) -> YOLOv8:
+    return _build("m", num_classes, **overrides)
 
 
 @register_detector("yolov8l")
-def yolov8l(num_classes: int, weights: str | None = None, **overrides: Any) -> YOLOv8:
-    return _build("l", num_classes, weights, **overrides)
+def yolov8l(num_classes: int, **overrides: Any) -> YOLOv8:
+    return _build("l", num_classes, **overrides)
