@@ -185,12 +185,3 @@ def canonical_json(value: Any) -> str:
 def content_key(value: Any) -> str:
     """SHA-256 of :func:`canonical_json`: the identity of a setting dict (teacher cache, sweeps)."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
-
-
-def plain(node: Any) -> Any:
-    """A resolved plain container from an OmegaConf node (anything else is returned as is)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
