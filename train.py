@@ -1,7 +1,7 @@
-"""Train a detector: `python train.py` (defaults in conf/train.yaml), e.g. `python train.py model=yolov6s kd=cs alpha=0.5`.
+"""Train: `python train.py` (defaults in conf/train.yaml), e.g. `python train.py model=yolov6s kd=cs alpha=0.5`.
 
-Thin Hydra entry point: validate the composed config (fgkd.config), run the stage (fgkd.training /
-fgkd.pipeline), print the five metrics and the run folder, return the optimized metric for sweepers.
+Thin Hydra entry point: validate the composed config (fgkd.config), run it (fgkd.pipeline: one fit, or
+teacher -> student), print the task's metrics and the run folder, return the optimized metric for sweepers.
 """
 
 from __future__ import annotations
@@ -15,26 +15,25 @@ from omegaconf import DictConfig
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     from fgkd.config import validate
-    from fgkd.metrics.detection import format_table
-    from fgkd.training import run
+    from fgkd.metrics.table import format_table
+    from fgkd.pipeline import run
+    from fgkd.tasks import get_task
 
     settings = validate(cfg)
+    task = get_task(settings.task)
     result = run(cfg)
-    label = f"{settings.model} {settings.stage} kd={settings.kd}" + (f" a={settings.alpha:g}" if settings.kd != "none" else "")
-    rows = {label: result.metrics}
+    rows = {settings.label: result.metrics}
     teacher_metrics = getattr(result, "teacher_metrics", None)
-    if teacher_metrics:  # the FAKD pipeline: the teacher was validated on its own view
-        rows = {f"teacher ({cfg.model.name}, on {cfg.kd.teacher_view} view)": teacher_metrics,
-                f"student ({cfg.model.name}, kd={settings.kd} a={settings.alpha:g}, original)": result.metrics}
+    if teacher_metrics:  # two stages: the teacher was validated on its own view
+        rows = {f"teacher ({settings.teacher_model})": teacher_metrics, f"student ({settings.label})": result.metrics}
     print()
-    print(format_table(rows))
+    print(format_table(rows, task.metric_columns, task.display_names))
     print(f"run folder: {result.output_dir}")
     print(f"metrics:    {result.metrics_path}")
     if result.best_ckpt is not None:
         print(f"best ckpt:  {result.best_ckpt}")
     metric = str(cfg.get("optimized_metric") or "val/map").removeprefix("val/")
-    value = result.metrics.get(metric, math.nan)
-    return float(value)
+    return float(result.metrics.get(metric, math.nan))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts (kd_overhead.py, step_time.py).
 
 * the model and its recipe come from the real Hydra configs (``conf/model/<name>.yaml``), the student from
-  ``fgkd.training.build_student`` and the optimizer from the recipe (``fgkd.lit.optim``), as ``train.py``
+  ``fgkd.tasks.detect.build_student`` and the optimizer from the recipe (``fgkd.lit.optim``), as ``train.py``
   would build them;
 * a training step goes through the real ``DetectionModule.compute_loss`` (constructed without a Trainer:
   ``current_epoch`` then reads 0), then backward and the optimizer step; on CUDA under fp16 autocast with a
@@ -102,10 +102,10 @@ def synthetic_batch(
 def build_module(
     model: str, num_classes: int, device: torch.device, *, kd: str = "none", alpha: float = 0.5, seed: int = 0
 ):
-    """A DetectionModule as ``fgkd.training.fit`` builds it; with ``kd != none`` a frozen teacher of the same
+    """A DetectionModule as ``fgkd.tasks.detect`` builds it; with ``kd != none`` a frozen teacher of the same
     architecture (random weights: its cost does not depend on them)."""
     from fgkd.lit.detection import DetectionModule
-    from fgkd.training import build_student
+    from fgkd.tasks.detect import build_student
 
     cfg = model_config(model)
     torch.manual_seed(seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from helpers import toydata
 
-from fgkd.data import toydata
 from fgkd.data.augment import (
     PAD_VALUE,
     AugmentConfig,

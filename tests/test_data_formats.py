@@ -7,8 +7,9 @@ import json
 import cv2
 import numpy as np
 import pytest
+from helpers import toydata
 
-from fgkd.data import imageio, toydata
+from fgkd.data import imageio
 from fgkd.data.cache import load_source
 from fgkd.data.formats import DataError, index_coco, index_yolo, parse_yolo_labels
 from fgkd.data.imageio import BadImageError

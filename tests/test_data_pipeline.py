@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
+from helpers import toydata
 
-from fgkd.data import imageio, toydata
+from fgkd.data import imageio
 from fgkd.data.cache import ResizedImageCache, cache_key, load_source
 from fgkd.data.datamodule import DetectionDataModule
 from fgkd.data.formats import DataError, index_yolo
@@ -238,24 +238,24 @@ def test_close_mosaic_follows_trainer_max_epochs(yolo_root, tmp_path):
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def _compose(name, **data_overrides):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"imgsz": 64, "batch_size": 2, "data": yaml.safe_load((CONF / f"{name}.yaml").read_text())})
-    for key, value in data_overrides.items():
-        OmegaConf.update(cfg, f"data.{key}", value, merge=False)
-    return cfg
+def _compose(compose_train, name, **data_overrides):
+    overrides = [f"data={name}", "imgsz=64", "batch_size=2", "kd=none"]
+    overrides += [f"{'+' if key.startswith('+') else ''}data.{key.lstrip('+')}={value}" for key, value in data_overrides.items()]
+    return compose_train(*overrides)
 
 
-def test_hydra_yolo_and_coco_configs_instantiate(tmp_path):
-    from hydra.utils import instantiate
+def test_hydra_yolo_and_coco_configs_instantiate(tmp_path, compose_train):
+    from fgkd.tasks.detect import DetectTask
 
+    task = DetectTask()
     yolo_root = toydata.write_yolo(tmp_path / "yolo")
-    module = instantiate(_compose("yolo", root=str(yolo_root), cache_dir=str(tmp_path / "c"), num_workers=0).data)
+    cfg = _compose(compose_train, "yolo", root=str(yolo_root), cache_dir=str(tmp_path / "c"), num_workers=0)
+    module = task.build_datamodule(cfg, "base")
     assert isinstance(module, DetectionDataModule) and module.imgsz == 64 and module.batch_size == 2
-    assert module.num_classes == 3 and module.close_mosaic == 10
+    assert module.num_classes == 3 and module.close_mosaic == 10  # the yolov8 recipe's
     coco_root = toydata.write_coco(tmp_path / "coco", mask_category="pipe")
     cfg = _compose(
+        compose_train,
         "coco",
         root=str(coco_root),
         ann_train="annotations/instances_train.json",
@@ -263,29 +263,29 @@ def test_hydra_yolo_and_coco_configs_instantiate(tmp_path):
         mask_category="pipe",
         cache_dir=str(tmp_path / "c"),
         num_workers=0,
-        progress=False,
+        **{"+progress": False},
     )
-    module = instantiate(cfg.data)
+    module = task.build_datamodule(cfg, "base")
     module.setup("fit")
     assert module.class_names == list(toydata.TOY_NAMES)
     assert next(iter(module.train_dataloader()))["images"].shape == (2, 3, 64, 64)
     for name in ("pdi", "synthpipes"):
-        assert _compose(name).data["_target_"] == "fgkd.data.datamodule.DetectionDataModule"
+        assert compose_train(f"data={name}").data["_target_"] == "fgkd.data.datamodule.DetectionDataModule"
 
 
-def test_synthpipes_through_the_same_loader(tmp_path):
+def test_synthpipes_through_the_same_loader(tmp_path, compose_train):
     pytest.importorskip("fgkd.data.synth.synthpipes")
-    from hydra.utils import instantiate
+    from fgkd.tasks.detect import DetectTask
 
     cfg = _compose(
+        compose_train,
         "synthpipes",
-        synthpipes={"num_images": 6, "max_side": 96, "seed": 0},
+        **{"synthpipes.num_images": 6, "synthpipes.max_side": 96, "synthpipes.seed": 0},
         cache_root=str(tmp_path),
         num_workers=0,
-        progress=False,
-        report=False,
+        **{"+progress": False, "+report": False},
     )
-    module = instantiate(cfg.data)
+    module = DetectTask().build_datamodule(cfg, "base")
     assert module.class_names == ["corrosion", "damaged_insulation", "dent"]
     module.setup("fit")
     assert Path(module.root).parent == tmp_path and (tmp_path / "resized").is_dir()

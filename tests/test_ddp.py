@@ -32,7 +32,8 @@ Both steps: the teacher's weights and BN buffers are bit-identical to their init
 the teacher stays in eval mode.
 
 Tolerances (float32): updates agree to ``‖Δθ_ddp − Δθ_ref‖ ≤ 1e-4 ‖Δθ_ref‖`` (measured ~1e-7-1e-6: only
-the order of float additions differs), weights to ``atol = 1e-5`` (measured <= 8e-7); losses to
+the order of float additions differs), weights to ``atol = 1e-5 + 1e-4·max|Δθ_ref|`` per tensor (one stem-conv element measured 1.1e-5 on a 2-core
+CPU, the rest <= 8e-7); losses to
 ``rtol = 1e-5``.
 """
 
@@ -195,7 +196,10 @@ def assert_update_close(before: dict, ddp: dict, expected: dict, where: str) -> 
     relative = ((ddp_delta - ref_delta).norm() / ref_delta.norm()).item()
     assert relative <= UPDATE_RTOL, f"{where}: DDP update differs from the reference by {relative:.3g} (relative)"
     for k in names:
-        torch.testing.assert_close(ddp[k], expected[k], rtol=0.0, atol=WEIGHT_ATOL, msg=lambda m, k=k: f"{where} {k}: {m}")
+        # per element: WEIGHT_ATOL plus UPDATE_RTOL of the tensor's largest reference update (float32 summation
+        # order over a large fan-in, e.g. the stem conv's 4 x 32 x 32 positions, moves single elements ~1e-5)
+        atol = WEIGHT_ATOL + UPDATE_RTOL * float((expected[k] - before[k]).abs().max())
+        torch.testing.assert_close(ddp[k], expected[k], rtol=0.0, atol=atol, msg=lambda m, k=k: f"{where} {k}: {m}")
 
 
 def ddp_cpu_trainer(compose_train, tmp_path: Path, recorder: Recorder):

@@ -54,16 +54,17 @@ def test_none_returns_zero():
     close(loss(feats, feats), 0.0)
 
 
-@pytest.mark.parametrize("path", sorted(CONF_KD.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONF_KD.glob("[!_]*.yaml")), ids=lambda p: p.stem)
 def test_kd_configs_build(path):
-    cfg = OmegaConf.load(path)
-    assert set(cfg) == {"name", "params", "teacher_view", "taps", "layers", "fuse_teacher"}
+    cfg = OmegaConf.merge(OmegaConf.load(CONF_KD / "_base.yaml"), OmegaConf.load(path))
+    cfg.pop("defaults")
+    assert set(cfg) == {"name", "params", "teacher_view", "taps", "teacher_taps", "layers", "fuse_teacher"}
     assert cfg.name == path.stem
     assert cfg.teacher_view in ("preprocessed", "original")
     assert cfg.taps is None and cfg.layers is None and cfg.fuse_teacher is True
     loss = build_kd_loss(cfg.name, **OmegaConf.to_container(cfg.params))
     assert loss.name == path.stem
-    assert {p.stem for p in CONF_KD.glob("*.yaml")} == set(KD_LOSSES)
+    assert {p.stem for p in CONF_KD.glob("[!_]*.yaml")} == set(KD_LOSSES)
 
 
 # --------------------------------------------------------------------------------------------- golden values
@@ -280,7 +281,7 @@ def test_shape_errors_name_the_tap_and_shapes():
         ValueError, match=r"tap 1: spatial size mismatch, student \(2, 4, 8, 8\) vs teacher \(2, 4, 4, 4\)"
     ):
         loss([good, good], [good, torch.rand(2, 4, 4, 4)])
-    with pytest.raises(ValueError, match=r"tap 0: channel mismatch.*build_adapters"):
+    with pytest.raises(ValueError, match=r"tap 0: channel mismatch.*build_connectors"):
         build_kd_loss("cwd")([good], [torch.rand(2, 8, 8, 8)])
     with pytest.raises(ValueError, match="batch size mismatch"):
         build_kd_loss("mse")([good], [torch.rand(3, 4, 8, 8)])

@@ -1,4 +1,4 @@
-"""Tests for fgkd.distill.taps (FeatureTaps, probe_channels, select_taps) and fgkd.distill.adapters."""
+"""Tests for fgkd.distill.taps (FeatureTaps, probe_channels, select_taps) and fgkd.distill.connectors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fgkd.distill.adapters import apply_adapters, build_adapters
+from fgkd.distill.connectors import apply_connectors, build_connectors
 from fgkd.distill.losses import build_kd_loss
 from fgkd.distill.taps import FeatureTaps, probe_channels, probe_shapes, select_taps
 
@@ -209,21 +209,21 @@ def test_select_taps(detector):
 
 
 def test_adapters_map_student_to_teacher_channels():
-    adapters = build_adapters([4, 8, 16], [4, 32, 16])
+    adapters = build_connectors([4, 8, 16], [4, 32, 16])
     assert isinstance(adapters[0], nn.Identity) and isinstance(adapters[2], nn.Identity)
     assert isinstance(adapters[1], nn.Conv2d) and adapters[1].kernel_size == (1, 1)
     assert (adapters[1].in_channels, adapters[1].out_channels) == (8, 32)
     student = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)]
-    mapped = apply_adapters(adapters, student)
+    mapped = apply_connectors(adapters, student)
     assert [tuple(f.shape) for f in mapped] == [(2, 4, 8, 8), (2, 32, 4, 4), (2, 16, 2, 2)]
     assert mapped[0] is student[0]
     # the adapted pair now passes the loss's channel check, and the adapter receives gradient
     teacher = [torch.rand(2, 4, 8, 8), torch.rand(2, 32, 4, 4), torch.rand(2, 16, 2, 2)]
     build_kd_loss("mse")(mapped, teacher).backward()
     assert adapters[1].weight.grad is not None
-    assert sum(p.numel() for p in build_adapters([8, 16], [8, 16]).parameters()) == 0
+    assert sum(p.numel() for p in build_connectors([8, 16], [8, 16]).parameters()) == 0
     with pytest.raises(ValueError, match="2 student taps vs 1 teacher taps"):
-        build_adapters([4, 8], [4])
+        build_connectors([4, 8], [4])
 
 
 def _yolov8_available() -> bool:
@@ -250,3 +250,18 @@ def test_feature_taps_on_yolov8n_default_taps_have_their_strides():
         level = int(name.rsplit(".p", 1)[1])  # backbone.pK has stride 2**K
         assert feature.shape[-2:] == (64 >> level, 64 >> level), (name, tuple(feature.shape))
     assert probe_channels(model, names) == [f.shape[1] for f in taps.features]
+
+
+@pytest.mark.parametrize("name", ["yolov6n", "yolov6s", "yolov6m", "yolov6l", "yolov8n", "yolov8s", "yolov8m", "yolov8l"])
+def test_declared_tap_channels_and_strides_match_a_forward(name):
+    """TapInfo (like timm's feature_info) is what connectors are built from: it must equal the real maps."""
+    from fgkd.models import build_detector
+    from fgkd.models.detectors.base import TapInfo
+
+    model = build_detector(name, num_classes=3)
+    names = list(model.taps)
+    assert all(isinstance(model.taps[n], TapInfo) for n in names)
+    shapes = probe_shapes(model, names, imgsz=64)
+    for tap, shape in zip(names, shapes, strict=True):
+        info = model.taps[tap]
+        assert (info.channels, info.stride) == (shape[1], 64 // shape[-1]), (name, tap, tuple(shape))

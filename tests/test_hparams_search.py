@@ -50,9 +50,9 @@ def test_two_trials_through_train_py_write_the_optimization_result(tmp_path, tin
         overrides = yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text())
         alpha = float(next(o for o in overrides if o.startswith("alpha=")).split("=", 1)[1])
         kd = next(o for o in overrides if o.startswith("kd=")).split("=", 1)[1]
-        assert (payload["alpha"], payload["kd"]) == (pytest.approx(alpha), kd)  # the trial ran what Optuna asked
+        assert (payload["run"]["alpha"], payload["run"]["kd"]) == (pytest.approx(alpha), kd)  # the trial ran what Optuna asked
         assert 0.05 <= alpha <= 1.0 and kd in ("cs", "mse", "mmd", "cwd")
-        trials.append((payload["final"]["map"], alpha, kd))
+        trials.append((payload["metrics"]["map"], alpha, kd))
     assert not (sweep_dir / "2").exists()
 
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())

@@ -92,3 +92,29 @@ def test_detectors_declare_loss_reduction_and_logits():
     assert model.kd_logits(raw).shape == (1, 84, 3)
     with pytest.raises(NotImplementedError, match="kd=kl"):
         Detector().kd_logits(raw)
+
+
+def test_pipeline_imports_nothing_that_imports_it_back_and_only_the_registry_imports_by_name():
+    """The import direction of README "Architecture": train.py -> pipeline -> engine + tasks -> the rest."""
+    import ast
+
+    code = ("import sys, fgkd.pipeline; print('\\n'.join(sorted(m for m in sys.modules if m.startswith('fgkd'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert {"fgkd.engine", "fgkd.tasks.detect"} <= set(loaded)
+    src = Path(__file__).resolve().parents[1] / "src"
+    for name in loaded:
+        path = src / (name.replace(".", "/") + ".py")
+        path = path if path.is_file() else src / name.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert name == "fgkd.pipeline" or "fgkd.pipeline" not in names, f"{name} imports fgkd.pipeline"
+    for path in (src / "fgkd").rglob("*.py"):
+        text = path.read_text()
+        if path.name != "registry.py":
+            assert "import_module" not in text and "inspect.signature" not in text, path

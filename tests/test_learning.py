@@ -13,8 +13,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
-from fgkd.data import toydata
+from helpers import toydata
 
 IMGSZ = 64
 COLOURS = ((230, 40, 40), (40, 200, 40), (40, 80, 230))  # class 0 red, 1 green, 2 blue squares

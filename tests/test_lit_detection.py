@@ -136,8 +136,8 @@ def test_task_parts_and_kd_terms_logged_and_alpha_scales_kd():
         total, logs = module.compute_loss(batch)
         results[alpha] = (total.detach(), logs)
         assert {"train/task", "train/box", "train/cls", "train/dfl", "train/kd", "train/loss"} <= logs.keys()
-        assert {f"train/kd/{name}" for name in module.tap_names} <= logs.keys()
-        per_tap = sum(logs[f"train/kd/{name}"] for name in module.tap_names)
+        assert {f"train/kd/{name}" for name in module.distiller.student_taps} <= logs.keys()
+        per_tap = sum(logs[f"train/kd/{name}"] for name in module.distiller.student_taps)
         torch.testing.assert_close(per_tap, logs["train/kd"])
         # Eq. 9: total = task + alpha * sum_k d_k
         torch.testing.assert_close(total - logs["train/task"], alpha * logs["train/kd"], rtol=1e-5, atol=1e-6)
@@ -245,7 +245,7 @@ def test_frozen_teacher_is_unchanged_and_outside_optimizer_state_dict_and_ema(tm
     for path in (checkpoint.best_model_path, checkpoint.last_model_path):
         state = torch.load(path, map_location="cpu", weights_only=False)
         keys = list(state["state_dict"]) + list(state.get("current_model_state", {}))
-        assert keys and all(key.startswith(("student.", "kd_adapters.")) for key in keys), keys[:5]
+        assert keys and all(key.startswith(("student.", "distiller.connectors.")) for key in keys), keys[:5]
 
 
 @needs_yolo

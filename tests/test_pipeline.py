@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from fgkd.pipeline import run, teacher_spec
+from fgkd.pipeline import run
+from fgkd.tasks.detect import DetectTask
 from fgkd.teacher_cache import spec_key
 
 TINY = [
@@ -19,7 +20,7 @@ TINY = [
 
 
 def _key(compose_train, *overrides):
-    return spec_key(teacher_spec(compose_train("kd=cs", "preprocess=rb_sf", *overrides)))
+    return spec_key(DetectTask().teacher_spec(compose_train("kd=cs", "preprocess=rb_sf", *overrides)))
 
 
 def test_teacher_key_changes_with_every_setting_that_shapes_the_teacher(compose_train):
@@ -62,22 +63,23 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
 
     payload = json.loads(second.metrics_path.read_text())
     five = {"map", "map_50", "mar_1", "mar_10", "mar_100"}
-    assert set(payload["final"]) == five and payload["final"] == payload["student"]
-    assert set(payload["teacher"]) == five
-    assert payload["kd"] == "mse" and payload["alpha"] == 0.1 and payload["evaluated_on"].startswith("original")
-    assert payload["teacher_ckpt"]["reused"] is True and payload["teacher_ckpt"]["view"] == "preprocessed"
+    assert set(payload["metrics"]) == five and payload["role"] == "student" and payload["task"] == "detect"
+    assert set(payload["teacher"]["metrics"]) == five
+    run_info = payload["run"]
+    assert run_info["kd"] == "mse" and run_info["alpha"] == 0.1 and run_info["evaluated_on"].startswith("original")
+    assert payload["teacher"]["reused"] is True and payload["teacher"]["run"]["view"] == "preprocessed"
     teacher_cfg = json.loads((first.teacher_path.parent / "spec.json").read_text())
     assert teacher_cfg["preprocess"]["combo"] == "rb" and teacher_cfg["view"] == "preprocessed"
 
     teacher_state = torch.load(first.teacher_path, weights_only=False)["state_dict"]
-    student_state = torch.load(second.student.detector_path, weights_only=False)["state_dict"]
+    student_state = torch.load(second.student.artifact_path, weights_only=False)["state_dict"]
     assert teacher_state.keys() == student_state.keys()
     assert any(not torch.equal(teacher_state[k], student_state[k]) for k in teacher_state)
 
 
 def test_given_heterogeneous_teacher_uses_adapters_outside_the_exported_student(compose_train, tmp_path):
     from fgkd.models import build_detector
-    from fgkd.training import save_detector
+    from fgkd.tasks.detect import save_detector
 
     teacher = build_detector("yolov8s", num_classes=3)
     path = save_detector(tmp_path / "teacher.pt", teacher, {"name": "yolov8s", "num_classes": 3, "kwargs": {}},
@@ -85,8 +87,8 @@ def test_given_heterogeneous_teacher_uses_adapters_outside_the_exported_student(
     result = run(compose_train(*TINY, "model=yolov8n", "kd=cs", "preprocess=rb", f"teacher.ckpt={path}",
                                output_dir=tmp_path / "hetero"))
     ckpt = torch.load(result.best_ckpt, weights_only=False)["state_dict"]
-    assert any(k.startswith("kd_adapters.") for k in ckpt)  # 1x1 convs n -> s channels train with the student
-    exported = torch.load(result.student.detector_path, weights_only=False)
+    assert any(k.startswith("distiller.connectors.") for k in ckpt)  # 1x1 convs n -> s channels train with the student
+    exported = torch.load(result.student.artifact_path, weights_only=False)
     assert exported["detector"]["name"] == "yolov8n"
     assert not any("adapter" in k for k in exported["state_dict"])
-    assert json.loads(result.metrics_path.read_text())["teacher_ckpt"]["source"] == "teacher.ckpt"
+    assert json.loads(result.metrics_path.read_text())["teacher"]["source"] == "teacher.ckpt"

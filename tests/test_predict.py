@@ -46,7 +46,7 @@ def test_sources_folder_list_and_errors(tmp_path, tiny_synthpipes):
 @pytest.fixture
 def detector_file(tmp_path):
     from fgkd.models import build_detector
-    from fgkd.training import save_detector
+    from fgkd.tasks.detect import save_detector
 
     torch.manual_seed(0)
     model = build_detector("yolov8n", num_classes=3)

@@ -38,7 +38,7 @@ class KillAtEpoch(pl.Callback):
 
 
 def test_auto_resolves_to_the_runs_own_last_checkpoint_or_nothing(tmp_path):
-    from fgkd.training import resolve_ckpt_path
+    from fgkd.engine import resolve_ckpt_path
 
     assert resolve_ckpt_path(None, tmp_path) is None
     assert resolve_ckpt_path("auto", tmp_path) is None  # nothing to resume: a fresh start
@@ -49,19 +49,19 @@ def test_auto_resolves_to_the_runs_own_last_checkpoint_or_nothing(tmp_path):
 
 
 def test_validate_accepts_auto_and_single_stage_runs_pass_it_to_fit(compose_train, monkeypatch):
-    from fgkd import training
+    from fgkd import pipeline
     from fgkd.config import ConfigError, validate
 
     validate(compose_train("ckpt_path=auto"))
     with pytest.raises(ConfigError, match="ckpt_path=auto"):
         validate(compose_train("ckpt_path=/nonexistent/last.ckpt"))
     seen = []
-    monkeypatch.setattr(training, "fit", lambda cfg, **kw: seen.append((kw["tag"], kw["ckpt_path"])))
-    training.run(compose_train("ckpt_path=auto", "kd=none"))
-    training.run(compose_train("ckpt_path=auto", "stage=teacher", "preprocess=rb"))
+    monkeypatch.setattr(pipeline, "fit", lambda cfg, task, role, **kw: seen.append((role, kw["ckpt_path"])))
+    pipeline.run(compose_train("ckpt_path=auto", "kd=none"))
+    pipeline.run(compose_train("ckpt_path=auto", "stage=teacher", "preprocess=rb"))
     assert seen == [("base", "auto"), ("teacher", "auto")]
     with pytest.raises(ValueError, match="ckpt_path=auto"):  # an explicit file makes no sense for two stages
-        training.run(compose_train("kd=cs", "preprocess=rb", f"ckpt_path={__file__}"))
+        pipeline.run(compose_train("kd=cs", "preprocess=rb", f"ckpt_path={__file__}"))
 
 
 def test_killed_pipeline_run_resumes_its_student_from_last_ckpt(tmp_path, tiny_synthpipes):
@@ -88,10 +88,10 @@ def test_killed_pipeline_run_resumes_its_student_from_last_ckpt(tmp_path, tiny_s
     assert "resuming from" in second.stdout and "reusing the cached teacher" in second.stdout
     assert epochs_log.read_text().split() == ["run:0", "student:0", "student:1"]  # resumed, not restarted
     payload = json.loads((run_dir / "metrics.json").read_text())
-    assert payload["teacher_ckpt"]["reused"] is True
+    assert payload["teacher"]["reused"] is True
     student = json.loads((run_dir / "student" / "metrics.json").read_text())
     assert [record["epoch"] for record in student["history"]] == [0, 1]  # epoch 0 kept from the killed run
-    assert set(payload["final"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
+    assert set(payload["metrics"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
 
 
 def test_last_checkpoint_follows_every_epoch_not_only_the_best(compose_train, tmp_path):
@@ -99,9 +99,9 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(compose_train, tm
     does not improve (Lightning's save_last alone lags at the best epoch)."""
     import torch
 
-    from fgkd import training
+    from fgkd import pipeline
 
-    result = training.run(compose_train(*TINY, "kd=none", "epochs=3", output_dir=tmp_path / "run"))
+    result = pipeline.run(compose_train(*TINY, "kd=none", "epochs=3", output_dir=tmp_path / "run"))
     last = torch.load(result.last_ckpt, map_location="cpu", weights_only=False)
     assert result.last_ckpt == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()
     assert last["epoch"] == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fgkd import sweeps
+from fgkd.engine import METRICS_SCHEMA
 
 FIVE = dict(zip(sweeps.METRIC_KEYS, (0.25, 0.5, 0.2, 0.3, 0.4), strict=True))
 
@@ -19,7 +20,8 @@ def _fabricate(run: sweeps.Run, sweep_dir: Path, metrics: dict | None, failed: b
     d = run.directory(sweep_dir)
     d.mkdir(parents=True, exist_ok=True)
     if metrics is not None:
-        (d / "metrics.json").write_text(json.dumps({"final": metrics, "teacher": {"map": 0.9}}))
+        (d / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "metrics": metrics,
+                                                   "teacher": {"metrics": {"map": 0.9}}}))
     if failed:
         (d / "FAILED").write_text("exit code 1\n")
         (d / "train.log").write_text("Traceback …\n")
@@ -72,7 +74,7 @@ def test_aggregation_of_fabricated_runs_with_a_failed_and_a_duplicated_run(tmp_p
     # a stray copy of a finished run (e.g. copied by hand) must not be counted twice
     dup = runs[0].directory(tmp_path)
     (tmp_path / "runs" / (dup.name + "-copy")).mkdir()
-    (tmp_path / "runs" / (dup.name + "-copy") / "metrics.json").write_text(json.dumps({"final": FIVE}))
+    (tmp_path / "runs" / (dup.name + "-copy") / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "metrics": FIVE}))
 
     results = sweeps.collect_results(exp, tmp_path, "smoke", seeds=2)
     header, rows, failed = sweeps.build_table(exp, results)
@@ -118,7 +120,7 @@ def _fake_train(tmp_path: Path, fail_marker: Path) -> str:
         "with open(out.parent.parent / 'calls.txt', 'a') as f: f.write(out.name + '\\n')\n"
         "(out / 'argv.json').write_text(json.dumps(sys.argv[1:]))\n"
         "m = {k: float(args.get('alpha', '0.5')) for k in ('map','map_50','mar_1','mar_10','mar_100')}\n"
-        "(out / 'metrics.json').write_text(json.dumps({'final': m}))\n"
+        f"(out / 'metrics.json').write_text(json.dumps({{'schema': {METRICS_SCHEMA!r}, 'metrics': m}}))\n"
     )
     return str(script)
 

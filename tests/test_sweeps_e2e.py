@@ -44,11 +44,11 @@ def test_smoke_grid_trains_one_teacher_four_students_prints_the_table_and_resume
     runs = sweeps.load_experiment("smoke_grid").runs()
     assert len(runs) == 4
     payloads = [json.loads((run.directory(sweep_dir) / "metrics.json").read_text()) for run in runs]
-    assert [(p["kd"], p["alpha"]) for p in payloads] == [("cs", 0.1), ("cs", 0.5), ("mse", 0.1), ("mse", 0.5)]
-    teacher_keys = {p["teacher_ckpt"]["key"] for p in payloads}
+    assert [(p["run"]["kd"], p["run"]["alpha"]) for p in payloads] == [("cs", 0.1), ("cs", 0.5), ("mse", 0.1), ("mse", 0.5)]
+    teacher_keys = {p["teacher"]["key"] for p in payloads}
     assert len(teacher_keys) == 1  # alpha and the KD loss do not shape the teacher: one for four students
-    (entry,) = {Path(p["teacher_ckpt"]["path"]).name for p in payloads}
-    trained = sum(not p["teacher_ckpt"]["reused"] for p in payloads)
+    (entry,) = {Path(p["teacher"]["path"]).name for p in payloads}
+    trained = sum(not p["teacher"]["reused"] for p in payloads)
     assert trained == (0 if entry in before else 1)  # trained at most once, by the first run that needed it
     assert _complete_teachers(fgkd_cache) - before <= {entry}
 
@@ -82,6 +82,6 @@ def test_smoke_grid_as_a_hydra_multirun_of_train_py(tmp_path, tiny_synthpipes):
     points = set()
     for job in jobs:
         payload = json.loads((job / "metrics.json").read_text())
-        points.add((payload["kd"], payload["alpha"]))
-        assert set(payload["final"]) == set(sweeps.METRIC_KEYS)
+        points.add((payload["run"]["kd"], payload["run"]["alpha"]))
+        assert set(payload["metrics"]) == set(sweeps.METRIC_KEYS)
     assert points == {("cs", 0.1), ("cs", 0.5), ("mse", 0.1), ("mse", 0.5)}

@@ -1,4 +1,4 @@
-"""train.py, conf/ and fgkd.training / fgkd.config: composition, validation errors and tiny end-to-end runs."""
+"""train.py, conf/ and fgkd.engine / fgkd.pipeline / fgkd.tasks.detect / fgkd.config: composition, validation errors and tiny end-to-end runs."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_bad_values_name_the_key_and_the_allowed_values(compose_train, overrides
 
 
 def test_trainer_arguments_resolve_precision_and_accumulation(compose_train, monkeypatch):
-    from fgkd.training import resolve_trainer_args
+    from fgkd.engine import resolve_trainer_args
 
     cfg = compose_train("scale=paper", "batch_size=8")  # the reference nominal batch 64
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -84,7 +84,7 @@ def test_trainer_arguments_resolve_precision_and_accumulation(compose_train, mon
 
 
 def test_wandb_logger_is_offline_without_credentials(compose_train, tmp_path, monkeypatch):
-    from fgkd.training import instantiate_loggers, wandb_has_credentials
+    from fgkd.engine import instantiate_loggers, wandb_has_credentials
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -111,13 +111,16 @@ def _read_metrics(run_dir: Path) -> dict:
 
 def test_end_to_end_base_teacher_and_student_through_compose(compose_train, tmp_path):
     from fgkd.config import validate
-    from fgkd.training import evaluate, load_detector, run
+    from fgkd.pipeline import run
+    from fgkd.tasks.detect import DetectTask, load_detector
+
+    evaluate = DetectTask().evaluate
 
     base_cfg = compose_train(*TINY, output_dir=tmp_path / "base")
     validate(base_cfg)
     base = run(base_cfg)
     payload = _read_metrics(tmp_path / "base")
-    assert payload["tag"] == "base" and payload["epoch"] == 0 and payload["kd"] == "none"
+    assert payload["role"] == "base" and payload["epoch"] == 0 and payload["run"]["kd"] == "none"
     assert base.best_ckpt is not None and base.best_ckpt.is_file()
     resumed = run(compose_train(*TINY, "epochs=2", f"ckpt_path={base.last_ckpt}", output_dir=tmp_path / "base"))
     assert [record["epoch"] for record in resumed.history] == [0, 1]  # epoch 0 from the run's val_history.json
@@ -128,8 +131,8 @@ def test_end_to_end_base_teacher_and_student_through_compose(compose_train, tmp_
     validate(teacher_cfg)
     teacher_run = run(teacher_cfg)
     payload = _read_metrics(tmp_path / "teacher")
-    assert (payload["tag"], payload["view"], payload["val_view"]) == ("teacher", "preprocessed", "preprocessed")
-    teacher, info = load_detector(teacher_run.detector_path)
+    assert (payload["role"], payload["run"]["view"], payload["run"]["val_view"]) == ("teacher", "preprocessed", "preprocessed")
+    teacher, info = load_detector(teacher_run.artifact_path)
     assert info["class_names"] == ["corrosion", "damaged_insulation", "dent"]
     from_ckpt, _ = load_detector(teacher_run.best_ckpt)  # a Lightning checkpoint loads too (EMA weights)
     assert all(torch.equal(v, from_ckpt.state_dict()[k]) for k, v in teacher.state_dict().items())
@@ -140,21 +143,21 @@ def test_end_to_end_base_teacher_and_student_through_compose(compose_train, tmp_
 
     # unfused, so its state_dict can be compared key by key (a fused teacher is restructured by design)
     student_cfg = compose_train(*TINY, "stage=student", "kd=cs", "alpha=0.5", "preprocess=rb_sf",
-                                "kd.fuse_teacher=false", f"teacher.ckpt={teacher_run.detector_path}",
+                                "kd.fuse_teacher=false", f"teacher.ckpt={teacher_run.artifact_path}",
                                 output_dir=tmp_path / "student")
     validate(student_cfg)
     student_run = run(student_cfg)
     payload = _read_metrics(tmp_path / "student")
-    assert (payload["tag"], payload["kd"], payload["alpha"]) == ("student", "cs", 0.5)
+    assert (payload["role"], payload["run"]["kd"], payload["run"]["alpha"]) == ("student", "cs", 0.5)
     assert student_run.module.teacher is not None
     after = student_run.module.teacher.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)
     saved = torch.load(student_run.best_ckpt, map_location="cpu", weights_only=False)
-    assert all(k.startswith(("student.", "kd_adapters.")) for k in saved["state_dict"])
+    assert all(k.startswith(("student.", "distiller.connectors.")) for k in saved["state_dict"])
 
 
 def test_full_kd_dispatches_to_the_pipeline(compose_train, tmp_path):
-    from fgkd.training import run
+    from fgkd.pipeline import run
 
     cfg = compose_train(*TINY, "kd=cs", "preprocess=rb_sf", output_dir=tmp_path / "full")
     result = run(cfg)
@@ -180,7 +183,7 @@ def test_train_py_subprocess_prints_the_five_metrics_and_writes_metrics_json(tmp
 @pytest.mark.ddp
 def test_ddp_spawn_on_cpu_writes_metrics(compose_train, tmp_path):
     """trainer=ddp_cpu (2 gloo processes via ddp_spawn): the best metrics come back through val_history.json."""
-    from fgkd.training import run
+    from fgkd.pipeline import run
 
     cfg = compose_train(*TINY, "trainer=ddp_cpu", output_dir=tmp_path / "ddp")
     result = run(cfg)
@@ -214,16 +217,17 @@ def test_multirun_over_alpha_reuses_the_teacher(tmp_path, fgkd_cache):
 
 
 def test_recipe_augmentation_reaches_the_datamodule_unless_overridden(compose_train):
-    from fgkd.training import build_datamodule
+    from fgkd.tasks.detect import DetectTask
 
-    cfg = compose_train("model=yolov6s")
-    datamodule = build_datamodule(cfg, teacher_images=False)
+    task = DetectTask()
+    cfg = compose_train("model=yolov6s", "kd=none")
+    datamodule = task.build_datamodule(cfg, "base")
     assert datamodule.augment.degrees == pytest.approx(0.373) and datamodule.close_mosaic == 15  # YOLOv6 recipe
     assert datamodule.teacher_view is None
     cfg = compose_train("model=yolov6s", "data.augment.degrees=0.0", "data.close_mosaic=0", "preprocess=rb_sf")
-    datamodule = build_datamodule(cfg, teacher_images=True)
+    datamodule = task.build_datamodule(cfg, "teacher")
     assert datamodule.augment.degrees == 0.0 and datamodule.close_mosaic == 0
     assert datamodule.augment.shear == pytest.approx(0.602)  # the rest still from the recipe
     assert (datamodule.preprocess, datamodule.teacher_view) == ("rb_sf", "preprocessed")
     with pytest.raises(ValueError, match="preprocess=rb_sf"):
-        build_datamodule(compose_train("preprocess=none"), teacher_images=True)
+        task.build_datamodule(compose_train("preprocess=none", "kd.teacher_view=preprocessed"), "student")

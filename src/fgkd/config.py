@@ -13,20 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 STAGES = ("full", "teacher", "student")
-VIEWS = ("preprocessed", "original")
 
 
 class ConfigError(ValueError):
     """A bad value in the composed config; the message names the key and the allowed values."""
 
 
+def to_plain(node: Any) -> Any:
+    """A config node as plain Python (dicts, lists, scalars; interpolations resolved); anything else unchanged."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """The typed top-level knobs of one run (``conf/train.yaml``)."""
 
+    task: str
     stage: str
     model: str
     kd: str
@@ -40,6 +45,12 @@ class RunSettings:
     teacher_view: str
     teacher_ckpt: str | None
     teacher_epochs: int
+    teacher_model: str
+
+    @property
+    def label(self) -> str:
+        """A short name of the run for printed tables (``yolov8n full kd=cs a=0.5``)."""
+        return f"{self.model} {self.stage} kd={self.kd}" + (f" a={self.alpha:g}" if self.kd != "none" else "")
 
 
 _REQUIRED: Any = object()
@@ -88,10 +99,59 @@ def _known(import_names: str) -> list[str] | None:
     raise AssertionError(import_names)
 
 
+def group_options(group: str, task: str | None = None) -> list[str]:
+    """The options of config group ``group`` (``conf/<group>/*.yaml``), only those declaring ``task`` if given."""
+    import yaml
+
+    from fgkd.paths import project_root
+
+    options = []
+    for path in sorted((project_root() / "conf" / group).glob("*.yaml")):
+        if path.stem.startswith("_"):
+            continue
+        if task is not None:
+            declared = (yaml.safe_load(path.read_text()) or {}).get("task")
+            if declared is None:  # declared in a base file of the group (defaults: [_base])
+                base = path.parent / "_base.yaml"
+                declared = (yaml.safe_load(base.read_text()) or {}).get("task") if base.is_file() else None
+            if declared != task:
+                continue
+        options.append(path.stem)
+    return options
+
+
+def _check_task_of(cfg: DictConfig, group: str, key: str, task: str) -> None:
+    """``<key>.task`` (the task a model/data option declares) must be the run's ``task``."""
+    node = OmegaConf.select(cfg, key)
+    if isinstance(node, str):
+        raise ConfigError(f"{key}={node!r} is a plain value; choose a config of the {group} group instead: "
+                          f"`python train.py {group}@{key}={node}`")
+    if node is None:
+        return
+    declared = OmegaConf.select(cfg, f"{key}.task")
+    if declared != task:
+        options = group_options(group, task)
+        raise ConfigError(f"{key} is a {declared or 'task-less'} config but task={task}; the {group} options "
+                          f"for task={task} are: {', '.join(options)} (e.g. `python train.py {group}="
+                          f"{options[0] if options else '...'}`)")
+
+
 def validate(cfg: DictConfig) -> RunSettings:
     """Check the composed config; raise :class:`ConfigError` naming the first bad key."""
+    from fgkd.tasks import get_task, list_tasks
+
+    task_name = _choice("task", _get(cfg, "task"), list_tasks())
+    task = get_task(task_name)
+    _check_task_of(cfg, "model", "model", task_name)
+    _check_task_of(cfg, "data", "data", task_name)
+    teacher_model = OmegaConf.select(cfg, "teacher.model")
+    if isinstance(teacher_model, str) or (teacher_model is not None and OmegaConf.select(cfg, "teacher.model.name")):
+        _check_task_of(cfg, "model", "teacher.model", task_name)
+    optimized = str(_get(cfg, "optimized_metric", "val/map"))
+    allowed_metrics = [f"val/{column}" for column in task.metric_columns]
+    _choice("optimized_metric", optimized, allowed_metrics)
     stage = _choice("stage", _get(cfg, "stage"), STAGES)
-    eval_view = _choice("eval_view", _get(cfg, "eval_view"), VIEWS)
+    eval_view = str(_get(cfg, "eval_view", "original"))  # views: checked by the task (fgkd.tasks.detect)
 
     model = _get(cfg, "model.name")
     known = _known("model")
@@ -101,7 +161,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     known = _known("kd")
     if known is not None:
         _choice("kd.name", kd, known, hint="python train.py kd=cs")
-    teacher_view = _choice("kd.teacher_view", _get(cfg, "kd.teacher_view", "preprocessed"), VIEWS)
+    teacher_view = str(_get(cfg, "kd.teacher_view", "preprocessed"))
     preprocess = _get(cfg, "preprocess.combo")
     known = _known("preprocess")
     if known is not None:
@@ -143,8 +203,10 @@ def validate(cfg: DictConfig) -> RunSettings:
         except RecipeError as err:
             raise ConfigError(str(err)) from None
 
+    task.validate(cfg)
+    teacher_name = OmegaConf.select(cfg, "teacher.model.name") or str(model)
     return RunSettings(
-        stage=stage, model=str(model), kd=str(kd), preprocess=str(preprocess), alpha=float(alpha), imgsz=imgsz,
+        task=task_name, teacher_model=str(teacher_name), stage=stage, model=str(model), kd=str(kd), preprocess=str(preprocess), alpha=float(alpha), imgsz=imgsz,
         batch_size=batch_size, epochs=epochs, seed=seed, eval_view=eval_view, teacher_view=teacher_view,
         teacher_ckpt=str(teacher_ckpt) if teacher_ckpt is not None else None, teacher_epochs=teacher_epochs,
     )

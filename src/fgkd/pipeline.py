@@ -1,20 +1,18 @@
-"""The two-stage FAKD pipeline: teacher (cached) → student with KD → evaluation on original images.
+"""What ``train.py`` runs for a validated config, for any task: one fit, or teacher (given or cached) → student.
 
-1. The teacher is trained on the preprocessed view X_M (``kd.teacher_view=preprocessed``, the proposed
-   method) or on the original images (``original``: classical feature KD of Tables 3–4), unless
-   ``teacher.ckpt`` names one. Trained teachers live in the teacher cache (``fgkd.teacher_cache``) under a
-   key made of every setting that shapes them, so sweeps that share a teacher train it once.
-2. The student (same architecture by default) is trained on original images with
-   ``task + α·Σ_k d(F_S^k, F_T^k)`` (Eq. 9).
-3. The student is validated on original images only — no mask at inference — and ``metrics.json`` in the
-   run folder holds the student's five metrics (``final``), the teacher's, and where everything lives.
+* ``stage=teacher``: the task's teacher fit alone (detect: the detector on X_M).
+* a task/config without a teacher stage (``task.needs_teacher(cfg)`` false, e.g. ``kd=none``): one ``base`` fit.
+* ``stage=student``: the student against ``teacher.ckpt``.
+* ``stage=full`` with a teacher: stage 1 — the teacher from ``teacher.ckpt`` or the teacher cache
+  (``fgkd.teacher_cache``, keyed by ``task.teacher_spec(cfg)``: sweeps that share a teacher train it once);
+  stage 2 — the student (``<run>/student``); the run folder's ``metrics.json`` holds the student's metrics
+  (evaluated as the task says: detect on original images, no mask) and the teacher's.
+
+Every fit is ``fgkd.engine.fit``; every ``metrics.json`` has the schema of ``fgkd.engine.metrics_payload``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-import fgkd
-from fgkd.io import atomic_write_json
-from fgkd.metrics.detection import FIVE_METRICS
+from fgkd.engine import (
+    AUTO_RESUME,
+    METRICS_FILE,
+    FitResult,
+    fit,
+    metrics_payload,
+    read_metrics,
+    write_metrics,
+)
+from fgkd.tasks import Task, get_task
 from fgkd.teacher_cache import CHECKPOINT_NAME, CacheEntry, TeacherCache
-from fgkd.training import METRICS_FILE, FitResult, fit, load_detector
-
-#: trainer / callback keys that do not change what a teacher learns (logging and bookkeeping only)
-_NON_SHAPING_TRAINER_KEYS = ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
-                             "max_epochs")  # the teacher's epochs are teacher.epochs, recorded on their own
 
 
 @dataclass
@@ -47,137 +47,78 @@ class PipelineResult:
     student: FitResult | None = field(default=None, repr=False)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def teacher_view(cfg: DictConfig) -> str:
-    return str(OmegaConf.select(cfg, "kd.teacher_view") or "preprocessed")
-
-
-def dataset_fingerprint(root: str | Path) -> str:
-    """A cheap version of a dataset on disk: names, sizes and mtimes of every file under ``root``."""
-    root = Path(root)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
-    """Every setting that shapes the teacher (its cache key): model and recipe, data and its version,
-    the view it learns from (combo and parameters), epochs, imgsz, batch, seed, trainer and callbacks."""
-    view = teacher_view(cfg)
-    data = _plain(cfg.data)
-    data_version: dict[str, Any] = {}
-    root = data.get("root") if isinstance(data, dict) else None
-    if root and Path(str(root)).is_dir():
-        data_version["fingerprint"] = dataset_fingerprint(str(root))
-    else:
-        try:
-            from fgkd.data.synth import synthpipes
-
-            data_version["synthpipes"] = synthpipes.GENERATOR_VERSION
-        except ImportError:  # pragma: no cover - the generator is part of the package
-            pass
-    trainer = {k: v for k, v in (_plain(cfg.trainer) or {}).items() if k not in _NON_SHAPING_TRAINER_KEYS}
-    callbacks = {k: v for k, v in (_plain(cfg.get("callbacks")) or {}).items()  # checkpointing shapes nothing
-                 if not str((v or {}).get("_target_", "")).endswith("ModelCheckpoint")}
-    return {
-        "fgkd": fgkd.__version__,
-        "model": _plain(cfg.model),
-        "data": data,
-        "data_version": data_version,
-        "view": view,
-        "preprocess": _plain(cfg.preprocess) if view == "preprocessed" else {"combo": "none"},
-        "epochs": int(cfg.teacher.epochs),
-        "imgsz": int(cfg.imgsz),
-        "batch_size": int(cfg.batch_size),
-        "seed": cfg.get("seed"),
-        "trainer": trainer,
-        "callbacks": callbacks,
-    }
-
-
-def _teacher_label(cfg: DictConfig) -> str:
-    view = teacher_view(cfg)
-    combo = str(OmegaConf.select(cfg, "preprocess.combo")) if view == "preprocessed" else "original"
-    return f"{cfg.model.name}-{combo}"
-
-
-def train_teacher(cfg: DictConfig, cache_root: Path) -> CacheEntry:
+def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
     """The cached teacher for ``cfg``, training it (stage 1) when no finished entry exists."""
-    view = teacher_view(cfg)
-    if view == "preprocessed" and str(OmegaConf.select(cfg, "preprocess.combo")) == "none":
-        raise ValueError(
-            "kd.teacher_view=preprocessed needs a preprocessing combo for the teacher's view; choose one "
-            "(e.g. preprocess=rb_sf, the paper's best) or use kd.teacher_view=original for classical feature KD"
-        )
+    spec = task.teacher_spec(cfg)
+    if spec is None:
+        raise ValueError(f"task {task.name!r} has no teacher stage for this config")
+    label = task.teacher_label(cfg)
 
     def build(tmp: Path) -> None:
-        print(f"[fakd] stage 1/2: training the teacher ({_teacher_label(cfg)}) on the {view} view", flush=True)
-        result = fit(cfg, output_dir=tmp / "run", view=view, val_view=view,
-                     epochs=int(cfg.teacher.epochs), tag="teacher")
-        if result.detector_path is None:
-            raise RuntimeError("the teacher run wrote no detector weights")
-        shutil.copyfile(result.detector_path, tmp / CHECKPOINT_NAME)
+        print(f"[{task.name}] stage 1/2: training the teacher ({label})", flush=True)
+        result = fit(cfg, task, "teacher", output_dir=tmp / "run", epochs=int(cfg.teacher.epochs))
+        if result.artifact_path is None:
+            raise RuntimeError("the teacher run wrote no model file")
+        shutil.copyfile(result.artifact_path, tmp / CHECKPOINT_NAME)
         shutil.copyfile(result.metrics_path, tmp / METRICS_FILE)
 
-    entry = TeacherCache(cache_root).get_or_build(teacher_spec(cfg), build, label=_teacher_label(cfg))
+    entry = TeacherCache(cache_root).get_or_build(spec, build, label=label)
     if entry.reused:
-        print(f"[fakd] stage 1/2: reusing the cached teacher {entry.path}", flush=True)
+        print(f"[{task.name}] stage 1/2: reusing the cached teacher {entry.path}", flush=True)
     return entry
 
 
-def _five(metrics_json: dict[str, Any]) -> dict[str, float]:
-    source = metrics_json.get("metrics", metrics_json)
-    return {k: float(source.get(k, math.nan)) for k in FIVE_METRICS}
+def run(cfg: DictConfig) -> FitResult | PipelineResult:
+    """Dispatch ``cfg`` by ``stage`` and the task's teacher stage (module docstring)."""
+    task = get_task(cfg)
+    task.validate(cfg)
+    stage = str(cfg.stage)
+    resume = OmegaConf.select(cfg, "ckpt_path")
+    if stage == "teacher":
+        return fit(cfg, task, "teacher", epochs=int(cfg.teacher.epochs), ckpt_path=resume)
+    if not task.needs_teacher(cfg):
+        return fit(cfg, task, "base", ckpt_path=resume)
+    if stage == "student":
+        if not cfg.teacher.ckpt:
+            raise ValueError("stage=student needs teacher.ckpt=<path to a trained teacher>")
+        teacher, _ = task.load_artifact(str(cfg.teacher.ckpt))
+        return fit(cfg, task, "student", teacher=teacher, ckpt_path=resume)
+    if resume and str(resume) != AUTO_RESUME:  # auto: the student stage resumes below
+        raise ValueError("ckpt_path=<file> (resume) works for single-stage runs (stage=teacher|student or kd=none), "
+                         "not for the two-stage pipeline; use ckpt_path=auto (resumes the student stage from "
+                         "<run>/student/checkpoints/last.ckpt) or resume the stage's own run instead")
+    return run_two_stage(cfg, task)
 
 
-def run(cfg: DictConfig) -> PipelineResult:
-    """Stage 1 (teacher, cached or given) → stage 2 (student with KD) → metrics.json in the run folder."""
+def run_two_stage(cfg: DictConfig, task: Task) -> PipelineResult:
+    """Stage 1 (teacher, given or cached) → stage 2 (student) → ``metrics.json`` in the run folder."""
     output_dir = Path(str(OmegaConf.select(cfg, "paths.output_dir"))).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    teacher_run = task.run_info(cfg, "teacher")
     if cfg.teacher.ckpt:
         teacher_path, reused, teacher_metrics = Path(str(cfg.teacher.ckpt)).expanduser(), True, {}
-        teacher_info: dict[str, Any] = {"path": str(teacher_path), "source": "teacher.ckpt"}
+        teacher_info: dict[str, Any] = {"path": str(teacher_path), "source": "teacher.ckpt", "reused": True}
     else:
         cache_root = Path(str(OmegaConf.select(cfg, "paths.cache_dir"))) / "teachers"
-        entry = train_teacher(cfg, cache_root)
+        entry = train_teacher(cfg, task, cache_root)
         teacher_path, reused = entry.checkpoint, entry.reused
-        teacher_metrics = _five(entry.metrics)
+        teacher_metrics = dict(read_metrics(entry.path / METRICS_FILE)["metrics"])
         teacher_info = {"path": str(entry.path), "key": entry.key, "reused": entry.reused, "source": "cache",
-                        "view": teacher_view(cfg), "metrics_on": teacher_view(cfg)}
-    teacher, info = load_detector(teacher_path)
-    if info["detector"]["name"] != str(cfg.model.name):
-        print(f"[fakd] heterogeneous pair: teacher {info['detector']['name']} → student {cfg.model.name} "
-              "(1×1 adapters map student channels to the teacher's)", flush=True)
+                        "run": teacher_run}
+    teacher_info["metrics"] = teacher_metrics
+    teacher, _ = task.load_artifact(teacher_path)
 
-    print(f"[fakd] stage 2/2: training the student ({cfg.model.name}) on original images, "
-          f"kd={cfg.kd.name} alpha={cfg.alpha}", flush=True)
+    student_run = task.run_info(cfg, "student")
+    print(f"[{task.name}] stage 2/2: training the student ({student_run.get('model')}), "
+          f"kd={OmegaConf.select(cfg, 'kd.name')} alpha={cfg.alpha}", flush=True)
     # ckpt_path=auto (sweeps, requeued jobs): continue the student from <run>/student/checkpoints/last.ckpt;
     # the teacher stage needs no resume, the cache holds only finished teachers.
-    student = fit(cfg, output_dir=output_dir / "student", view="original", val_view="original",
-                  teacher=teacher, tag="student", ckpt_path=OmegaConf.select(cfg, "ckpt_path"))
-    payload = {
-        "final": student.five,
-        "student": student.five,
-        "teacher": teacher_metrics,
-        "per_class": json.loads(student.metrics_path.read_text()).get("per_class", {}),
-        "alpha": float(cfg.alpha),
-        "kd": str(cfg.kd.name),
-        "kd_teacher_view": teacher_view(cfg),
-        "preprocess": str(OmegaConf.select(cfg, "preprocess.combo")),
-        "model": str(cfg.model.name),
-        "evaluated_on": "original images, no mask",
-        "teacher_ckpt": teacher_info,
-        "paths": {"run_dir": str(output_dir), "student_dir": str(student.output_dir),
-                  "student_detector": str(student.detector_path) if student.detector_path else None,
-                  "best_ckpt": str(student.best_ckpt) if student.best_ckpt else None},
-    }
-    metrics_path = atomic_write_json(output_dir / METRICS_FILE, payload)
+    student = fit(cfg, task, "student", output_dir=output_dir / "student", teacher=teacher,
+                  ckpt_path=OmegaConf.select(cfg, "ckpt_path"))
+    payload = metrics_payload(task, student, run=student_run, teacher=teacher_info,
+                              paths={"run_dir": str(output_dir), "student_dir": str(student.output_dir)})
+    metrics_path = write_metrics(output_dir / METRICS_FILE, payload)
     return PipelineResult(
-        metrics=student.five, teacher_metrics=teacher_metrics, output_dir=output_dir, metrics_path=metrics_path,
+        metrics=student.metrics, teacher_metrics=teacher_metrics, output_dir=output_dir, metrics_path=metrics_path,
         best_ckpt=student.best_ckpt, teacher_path=teacher_path, teacher_reused=reused, student=student,
     )

@@ -20,10 +20,8 @@ import torch
 from tqdm import tqdm
 
 from fgkd.data.augment import letterbox, resize_long_side
-from fgkd.data.imageio import read_image
-from fgkd.training import load_detector
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from fgkd.data.imageio import IMAGE_SUFFIXES, read_image
+from fgkd.tasks.detect import load_detector
 
 
 @dataclass

@@ -419,14 +419,10 @@ def from_config(cfg: Mapping[str, Any] | None) -> Preprocess:
     """
     if cfg is None:
         return Preprocess()
-    if not isinstance(cfg, Mapping):
-        try:  # omegaconf.DictConfig is not a typing Mapping subclass in every version
-            from omegaconf import DictConfig, OmegaConf
+    if not isinstance(cfg, Mapping):  # omegaconf.DictConfig is not a typing Mapping subclass in every version
+        from fgkd.config import to_plain
 
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a hard dependency of the project
-            pass
+        cfg = to_plain(cfg)
     if not isinstance(cfg, Mapping):
         raise ValueError(f"preprocess config must be a mapping with 'combo' and parameters; got {type(cfg).__name__}")
     cfg = dict(cfg)
@@ -487,11 +483,12 @@ def mask_path_for(image_path: Path) -> Path:
 
 def _synthpipes_sample(index: int, max_side: int, num_images: int) -> tuple[Path, Path]:
     try:
+        from fgkd.data.imageio import IMAGE_SUFFIXES
         from fgkd.data.synth.synthpipes import ensure_dataset  # lazy: only the no-image CLI path needs it
     except ImportError as err:
         raise SystemExit(f"SynthPipes is not available ({err}); pass --image IMG --mask MASK instead") from err
     root = Path(ensure_dataset(max_side=max_side, num_images=num_images))
-    images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise SystemExit(f"no images found under {root / 'images'}")
     image = images[index % len(images)]

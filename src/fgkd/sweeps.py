@@ -134,15 +134,17 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
 
 # ----------------------------------------------------------------------------------------------- results
 def read_metrics(run_dir: Path) -> dict[str, float] | None:
-    """The five final metrics of a finished run, or None when the run has not finished."""
+    """The reported metrics of a finished run (``metrics.json["metrics"]``), or None when it has not finished."""
+    from fgkd.engine import read_metrics as read_payload
+
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    for candidate in (data.get("final"), data.get("student"), data.get("metrics"), data):
-        if isinstance(candidate, dict) and all(k in candidate for k in METRIC_KEYS):
-            return {k: float(candidate[k]) for k in METRIC_KEYS}
-    raise ValueError(f"{path} has none of the keys {METRIC_KEYS}; was it written by train.py?")
+    metrics = read_payload(path)["metrics"]
+    missing = [k for k in METRIC_KEYS if k not in metrics]
+    if missing:
+        raise ValueError(f"{path}: metrics lack {missing}; was it written by train.py of this task?")
+    return {k: float(metrics[k]) for k in METRIC_KEYS}
 
 
 @dataclass

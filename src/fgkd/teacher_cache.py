@@ -18,6 +18,7 @@ Atomicity and concurrency policy:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,11 +38,22 @@ from fgkd.io import (
 from fgkd.io import canonical_json as canonical_json  # re-exported: the key's serialisation
 
 CHECKPOINT_NAME = "teacher.ckpt"
-__all__ = ["CHECKPOINT_NAME", "COMPLETE_MARKER", "CacheEntry", "TeacherCache", "canonical_json", "is_complete", "spec_key"]
+__all__ = ["CHECKPOINT_NAME", "COMPLETE_MARKER", "CacheEntry", "TeacherCache", "canonical_json", "dataset_fingerprint",
+           "is_complete", "spec_key"]
 
 
 def spec_key(spec: dict[str, Any]) -> str:
     return content_key(spec)
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """A cheap version of a dataset on disk (part of a teacher's key): names, sizes and mtimes of its files."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

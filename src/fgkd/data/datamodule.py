@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from fgkd.config import to_plain
 from fgkd.data.augment import AugmentConfig
 from fgkd.data.cache import ResizedImageCache, default_cache_root
 from fgkd.data.dataset import (
@@ -45,18 +46,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("yolo", "coco")
 SPLITS = ("train", "val", "test")
-
-
-def _plain(value: Any) -> Any:
-    """DictConfig/ListConfig -> plain containers (Hydra may pass either)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -144,10 +133,10 @@ class DetectionDataModule(L.LightningDataModule):
             raise ValueError(f"data.missing_mask={missing_mask!r}; allowed: {', '.join(MISSING_MASK_POLICIES)}")
         self.root = None if root is None else Path(root).expanduser()
         self.format = format
-        self.synthpipes = dict(_plain(synthpipes)) if synthpipes is not None else None
+        self.synthpipes = dict(to_plain(synthpipes)) if synthpipes is not None else None
         self.data_yaml = data_yaml
-        self.splits = _plain(splits)
-        self.names = _plain(names)
+        self.splits = to_plain(splits)
+        self.names = to_plain(names)
         annotations = zip(SPLITS, (ann_train, ann_val, ann_test), strict=True)
         self.annotations = {split: ann for split, ann in annotations if ann}
         self.image_dirs = dict(zip(SPLITS, (images_train, images_val, images_test), strict=True))
@@ -158,7 +147,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        augment = _plain(augment)
+        augment = to_plain(augment)
         if augment is True:
             augment = {}
         self.augment = None if augment in (None, False) else AugmentConfig.from_mapping(augment)
@@ -168,7 +157,7 @@ class DetectionDataModule(L.LightningDataModule):
         if not 0.0 <= self.mosaic <= 1.0:
             raise ValueError(f"data.mosaic={mosaic} must be a probability in [0, 1] (or true/false)")
         self.close_mosaic = int(close_mosaic)
-        self.preprocess, self.preprocess_params = self._split_preprocess(_plain(preprocess), _plain(preprocess_params))
+        self.preprocess, self.preprocess_params = self._split_preprocess(to_plain(preprocess), to_plain(preprocess_params))
         self.teacher_view = resolve_teacher_view(self.preprocess, teacher_view)
         self.cache_enabled = bool(cache)
         self.cache_root = Path(cache_root).expanduser() if cache_root else None

@@ -8,7 +8,7 @@ multiplies by ``alpha`` (Eq. 9). Common rules (kd_losses.md §0, §6.4):
 * computed with autocast disabled in ``compute_dtype``: by default fp16/bf16 are promoted to fp32 and fp64
   stays fp64 (so ``torch.autograd.gradcheck`` works);
 * paired maps must agree in batch and spatial size (ValueError naming the tap index and both shapes) and,
-  except for ``mmd`` with ``variant="nst"``, in channels (use :func:`fgkd.distill.adapters.build_adapters`);
+  except for ``mmd`` with ``variant="nst"``, in channels (use :func:`fgkd.distill.connectors.build_connectors`);
 * ``loss.per_tap(student, teacher)`` returns the list of per-tap values (for logging);
 * flags for the training module: ``enabled`` (False only for ``none``), ``uses_logits`` (True only for
   ``kl``, whose "features" are ``[detector.kd_logits(raw)]`` of student and teacher instead of tapped maps).
@@ -106,7 +106,7 @@ def _check_maps(
     if match_channels and student.shape[1] != teacher.shape[1]:
         raise ValueError(
             f"tap {index}: channel mismatch, {_shapes(student, teacher)}; map the student to the teacher's "
-            "channels first with fgkd.distill.adapters.build_adapters(student_channels, teacher_channels)"
+            "channels first with fgkd.distill.connectors.build_connectors(student_channels, teacher_channels)"
         )
 
 

@@ -9,7 +9,7 @@ Usage (student and frozen teacher alike; DESIGN.md "Interfaces")::
 
 Policies (ecosystem.md §4.3, kd_losses.md §6.4.6):
 
-* **Names.** A name is looked up in ``model.taps`` (the Detector interface: tap name -> module path) or,
+* **Names.** A name is looked up in ``model.taps`` (the Detector interface: tap name -> TapInfo) or,
   failing that, used as a module path (``model.get_submodule``). ``module_paths`` overrides both.
   Unknown names raise a KeyError listing the valid ones.
 * **One forward per context.** Entering the context clears the previous records. A tap that fires a second
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FeatureTaps", "probe_channels", "probe_shapes", "select_taps", "unwrap_model"]
+__all__ = ["FeatureTaps", "probe_channels", "probe_shapes", "select_taps", "tap_geometry", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -75,7 +75,8 @@ def _resolve(
         tap_map = model_taps if isinstance(model_taps, Mapping) else None
     modules = []
     for name in names:
-        path = tap_map[name] if tap_map is not None and name in tap_map else name
+        entry = tap_map[name] if tap_map is not None and name in tap_map else name
+        path = getattr(entry, "module", entry)  # a Detector's TapInfo, or a plain module path
         try:
             modules.append(model.get_submodule(path))
         except AttributeError:
@@ -236,6 +237,23 @@ def probe_channels(
 ) -> list[int]:
     """Channel count of each tapped map (dim 1), from one tiny forward (see :func:`probe_shapes`)."""
     return [int(shape[1]) for shape in probe_shapes(model, names, imgsz=imgsz, module_paths=module_paths)]
+
+
+def tap_geometry(model: nn.Module, names: Sequence[str], imgsz: int = 64) -> list[tuple[int, int]]:
+    """``(channels, stride)`` of each tap: from the model's declared ``taps`` (``TapInfo``) where it has them,
+    else (a plain module path) from one probe forward of a ``imgsz`` image (:func:`probe_shapes`)."""
+    inner = unwrap_model(model)
+    declared = getattr(inner, "taps", None) or {}
+    geometry: dict[str, tuple[int, int]] = {}
+    for name in names:
+        info = declared.get(name)
+        if info is not None and hasattr(info, "channels"):
+            geometry[name] = (int(info.channels), int(info.stride))
+    undeclared = [name for name in names if name not in geometry]
+    if undeclared:
+        for name, shape in zip(undeclared, probe_shapes(inner, undeclared, imgsz=imgsz), strict=True):
+            geometry[name] = (int(shape[1]), max(1, imgsz // int(shape[-1])))
+    return [geometry[name] for name in names]
 
 
 def select_taps(model: nn.Module, taps: Sequence[str] | None = None, layers: int | None = None) -> list[str]:

@@ -5,34 +5,36 @@
 * ``view`` picks the batch key the student trains on (``original`` -> ``batch["images"]`` = X,
   ``preprocessed`` -> ``batch["teacher_images"]`` = X_M: the teacher stage), ``val_view`` the one it is
   validated on (Table 1 validates teachers on X_M, Table 2 on X).
-* The teacher (optional) is frozen: ``eval()``, ``requires_grad_(False)``, run under ``torch.no_grad()``
-  (not ``inference_mode``, ecosystem.md §3.3). It is held by :class:`FrozenTeacher`, a plain attribute and
-  *not* a registered sub-module, so it is never in ``parameters()`` (optimizer, DDP buckets, EMA),
-  ``state_dict()`` (checkpoints), ``.train()`` (Lightning's mode switches) or SyncBatchNorm conversion;
-  ``_apply`` is extended so ``.to(device)`` still moves it. ``kd.teacher_view`` picks what it sees
-  (``preprocessed`` -> X_M, FAKD; ``original`` -> X, classical feature KD).
+* The KD term comes from a :class:`fgkd.distill.distiller.Distiller` (student taps, teacher taps,
+  connectors, loss); the teacher inside it is a :class:`fgkd.distill.frozen.FrozenTeacher` (eval, no
+  gradients, never a registered sub-module). ``kd.teacher_view`` picks what the teacher sees
+  (``preprocessed`` -> X_M, FAKD; ``original`` -> X, classical feature KD). This module keeps only detection.
 * DDP: a task loss summed over the images (YOLOv8) is multiplied by the world size on each rank so the
   averaged gradient equals the single-process one (as the reference trainers do); ``alpha * KD`` and
   mean-reduced task losses are not (:func:`task_loss_reduction`; tests/test_ddp.py).
 * Validation: torchmetrics COCO mAP (``fgkd.metrics.detection``), ``update`` per step and ``compute`` at
   epoch end; logged as ``val/map val/map_50 val/mar_1 val/mar_10 val/mar_100`` and ``val/ap/<class>``.
-  With :class:`fgkd.lit.callbacks.YoloEMA` the validated weights are the EMA weights.
+  With :class:`fgkd.lit.callbacks.YoloEMA` the validated weights are the EMA weights; the records and the
+  best epoch by ``map`` are kept in ``self.history`` (``fgkd.lit.history``), which the engine reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from fgkd.io import atomic_write_json
+from fgkd.distill.distiller import Distiller
+from fgkd.distill.frozen import FrozenTeacher
+from fgkd.distill.losses import build_kd_loss
 from fgkd.lit.batchnorm import BatchNormWarmup, recalibrate_batchnorm
+from fgkd.lit.history import ValidationHistory
 from fgkd.lit.optim import Recipe, configure_recipe
 from fgkd.metrics.detection import build_map_metric, split_targets, summarize
 from fgkd.models.detectors.base import Detector
@@ -65,60 +67,27 @@ def task_loss_reduction(detector: nn.Module) -> str:
     return str(declared)
 
 
-class FrozenTeacher:
-    """A frozen detector kept *outside* the LightningModule's registered children.
-
-    ``copy.deepcopy`` returns the same object: the EMA callback deep-copies the LightningModule, and the
-    frozen teacher must be shared by that copy rather than duplicated (it never changes).
-    """
-
-    def __init__(self, model: nn.Module, fuse: bool = False) -> None:
-        if fuse and callable(getattr(model, "fuse", None)):
-            # Conv+BN folding (and RepVGG re-parameterisation for YOLOv6): the same eval-mode outputs, a
-            # ~20 % cheaper teacher forward (benchmarks/kd_overhead.py --fuse-teacher). fuse() builds new
-            # convs, so the freezing below must come after it.
-            model.fuse()
-        model.eval()
-        model.requires_grad_(False)
-        self.model = model
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTeacher:
-        return self
-
-    def forward(self, images: torch.Tensor, tap_names: Sequence[str] | None = None) -> tuple[Any, list[torch.Tensor]]:
-        """``(raw, tapped features)`` for ``images``, in eval mode and without autograd."""
-        from fgkd.distill.taps import FeatureTaps
-
-        self.model.eval()  # defensive: nothing may have switched it back to train mode
-        with torch.no_grad():
-            if tap_names:
-                with FeatureTaps(self.model, tap_names) as taps:
-                    raw = self.model(images)
-                return raw, taps.features
-            return self.model(images), []
-
-
 class DetectionModule(pl.LightningModule):
     """Student detector (+ optional frozen teacher and KD loss) trained with a YOLO fine-tuning recipe.
 
     Args:
         student: the detector to train (``fgkd.models.build_detector``).
         detector_spec: ``{"name", "num_classes", "kwargs"}`` to rebuild the student from a checkpoint
-            (stored in the hyper-parameters; see ``fgkd.training.load_detector``).
+            (stored in the hyper-parameters; see ``fgkd.tasks.detect.load_detector``).
         class_names: names for the per-class AP keys ``val/ap/<name>``.
         recipe: a model config's ``recipe`` block (``fgkd.lit.optim.Recipe.from_config``).
         batch_size: per-device batch (learning-rate / weight-decay scaling).
         dataset_size: number of training images (Ultralytics ``optimizer: auto`` rule); default from the loader.
         teacher: frozen teacher detector (KD only); kd: a ``fgkd.distill.losses.KDLoss`` or its name;
         kd_params: parameters when ``kd`` is a name; alpha: KD weight (Eq. 9).
-        taps / layers: ``kd.taps`` / ``kd.layers`` (``fgkd.distill.taps.select_taps``); teacher_view: ``kd.teacher_view``.
+        taps / teacher_taps / layers: ``kd.taps`` / ``kd.teacher_taps`` / ``kd.layers`` (``fgkd.distill.distiller``);
+        teacher_view: ``kd.teacher_view``.
         view / val_view: training / validation view of the student (``original`` | ``preprocessed``).
-        adapters: add 1×1 conv adapters on the student side where tapped channel counts differ.
+        connectors: add 1×1 conv connectors on the student side where tapped channel counts differ.
         fuse_teacher: fuse the frozen teacher once (``Detector.fuse()``: same outputs, cheaper forward; ``kd.fuse_teacher``).
         conf / iou / max_det: ``postprocess`` settings for validation (COCO protocol: 0.001 / 0.7 / 300).
-        history_path: JSON file rewritten (atomically, rank 0) after every validation epoch with
-            ``{"history": [...], "best": {...}}``; it survives ``ddp_spawn`` (whose workers' Python attributes
-            do not come back to the main process) and crashes.
+        history_path: JSON file rewritten (atomically, rank 0) after every validation epoch
+            (``fgkd.lit.history.ValidationHistory``); it survives ``ddp_spawn`` and crashes.
         bn_recalibration_batches / bn_recalibration_below_step: before each validation while
             ``global_step < bn_recalibration_below_step``, re-estimate the validated weights' BatchNorm
             statistics from the last ``bn_recalibration_batches`` training batches (``fgkd.lit.batchnorm``;
@@ -139,11 +108,12 @@ class DetectionModule(pl.LightningModule):
         kd_params: Mapping[str, Any] | None = None,
         alpha: float = 0.0,
         taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
         layers: int | None = None,
         teacher_view: str = "preprocessed",
         view: str = "original",
         val_view: str | None = None,
-        adapters: bool = True,
+        connectors: bool = True,
         fuse_teacher: bool = False,
         conf: float = 0.001,
         iou: float = 0.7,
@@ -171,36 +141,19 @@ class DetectionModule(pl.LightningModule):
         self.view, self.val_view, self.teacher_view = view, val_view, teacher_view
         self.postprocess_kwargs = dict(conf=conf, iou=iou, max_det=max_det)
 
-        if isinstance(kd, str) or kd is None:
-            from fgkd.distill.losses import build_kd_loss
-
-            kd = build_kd_loss(kd or "none", **dict(kd_params or {}))
-        self.kd_loss = kd
+        kd_loss = build_kd_loss(kd or "none", **dict(kd_params or {})) if isinstance(kd, str) or kd is None else kd
+        self.kd_loss = kd_loss
         self._teacher = FrozenTeacher(teacher, fuse=fuse_teacher) if teacher is not None else None
-        if self.kd_loss.enabled and self._teacher is None:
+        if kd_loss.enabled and self._teacher is None:
             raise ValueError(f"kd={self.hparams['kd_name']!r} needs a teacher; pass teacher= (or use kd=none)")
-
-        self.tap_names: list[str] = []
-        self.kd_adapters = nn.ModuleList()
-        if self.distills and not self.kd_loss.uses_logits:
-            from fgkd.distill.adapters import build_adapters
-            from fgkd.distill.taps import probe_channels, select_taps
-
-            self.tap_names = select_taps(student, taps, layers)
-            student_channels = probe_channels(student, self.tap_names)
-            teacher_channels = probe_channels(self._teacher.model, self.tap_names)
-            if student_channels != teacher_channels and not adapters:
-                raise ValueError(
-                    f"tapped channels differ (student {student_channels} vs teacher {teacher_channels}); "
-                    "enable adapters or tap layers with equal channels"
-                )
-            self.kd_adapters = build_adapters(student_channels, teacher_channels)
+        #: built only when a KD term is computed, so alpha=0 leaves no connector without gradients (DDP)
+        self.distiller = (Distiller(student, self._teacher, kd_loss, student_taps=taps, teacher_taps=teacher_taps,
+                                    layers=layers, connectors=connectors)
+                          if self._teacher is not None and kd_loss.enabled and self.alpha > 0 else None)
 
         self.val_map = build_map_metric()
-        #: per validation epoch (sanity check excluded): {"epoch", "step", **scalars}
-        self.val_history: list[dict[str, Any]] = []
-        self.best_val: dict[str, Any] | None = None
-        self.history_path = Path(history_path) if history_path is not None else None
+        #: per validation epoch (sanity check excluded): {"epoch", "step", **scalars}; best by map
+        self.history = ValidationHistory("map", "max", history_path)
         #: precise BN before validation while the run is young (see on_validation_epoch_start)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.bn_recalibration_below_step = int(bn_recalibration_below_step)
@@ -214,11 +167,19 @@ class DetectionModule(pl.LightningModule):
     @property
     def distills(self) -> bool:
         """True when a KD term is computed (a teacher, an enabled KD loss and alpha > 0)."""
-        return self._teacher is not None and self.kd_loss.enabled and self.alpha > 0
+        return self.distiller is not None
+
+    @property
+    def val_history(self) -> list[dict[str, Any]]:
+        return self.history.records
+
+    @property
+    def best_val(self) -> dict[str, Any] | None:
+        return self.history.best
 
     def _apply(self, fn: Any, recurse: bool = True) -> DetectionModule:
         super()._apply(fn, recurse)
-        if self._teacher is not None:  # not a registered child, so move/cast it explicitly
+        if self._teacher is not None and self.distiller is None:  # the distiller moves the teacher it holds
             self._teacher.model._apply(fn)
         return self
 
@@ -259,17 +220,11 @@ class DetectionModule(pl.LightningModule):
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, logs)`` for one training batch; ``logs`` holds detached scalars keyed ``train/...``."""
-        from fgkd.distill.taps import FeatureTaps
-
         images = batch_images(batch, self.view)
         targets = batch["targets"]
-        tapping = self.distills and not self.kd_loss.uses_logits
-        if tapping:
-            with FeatureTaps(self.student, self.tap_names) as student_taps:
-                raw = self.student(images)
-            student_feats = student_taps.features
-        else:
-            raw = self.student(images)
+        recording = self.distiller.record(self.student) if self.distiller is not None else contextlib.nullcontext()
+        with recording as student_taps:
+            raw = self.student(images, targets)
         task, parts = self.student.loss(raw, targets, epoch=self.current_epoch)
         logs: dict[str, torch.Tensor] = {"train/task": task.detach()}
         logs.update({f"train/{name}": value.detach() for name, value in parts.items()})
@@ -280,23 +235,12 @@ class DetectionModule(pl.LightningModule):
         task_factor = world_size if task_loss_reduction(self.student) == "sum" else 1
         total = task * task_factor if task_factor != 1 else task
         objective = task.detach()
-        if self.distills:
-            assert self._teacher is not None
-            teacher_raw, teacher_feats = self._teacher.forward(
-                batch_images(batch, self.teacher_view), None if self.kd_loss.uses_logits else self.tap_names
-            )
-            if self.kd_loss.uses_logits:
-                names, pairs = ["logits"], ([self.student.kd_logits(raw)], [self._teacher.model.kd_logits(teacher_raw)])
-            else:
-                from fgkd.distill.adapters import apply_adapters
-
-                names, pairs = self.tap_names, (apply_adapters(self.kd_adapters, student_feats), teacher_feats)
-            terms = self.kd_loss.per_tap(*pairs)
-            kd_total = torch.stack(terms).sum()
+        if self.distiller is not None:
+            kd_total, terms = self.distiller(self.student, raw, student_taps, batch_images(batch, self.teacher_view))
             total = total + self.alpha * kd_total
             objective = objective + self.alpha * kd_total.detach()
             logs["train/kd"] = kd_total.detach()
-            logs.update({f"train/kd/{name}": term.detach() for name, term in zip(names, terms, strict=True)})
+            logs.update({f"train/kd/{name}": term.detach() for name, term in terms.items()})
         # Logged: task + alpha * KD (Eq. 9) without the DDP factor, comparable across world sizes.
         logs["train/loss"] = objective
         return total, logs
@@ -335,12 +279,8 @@ class DetectionModule(pl.LightningModule):
             self.log("map", scalars["map"], prog_bar=True, logger=False)
             if self.trainer.sanity_checking:
                 return
-        record = {"epoch": self.current_epoch, "step": self.global_step, **scalars}
-        self.val_history.append(record)
-        if self.best_val is None or record["map"] > self.best_val["map"]:
-            self.best_val = record
-        if self.history_path is not None and (self._trainer is None or self.trainer.is_global_zero):
-            atomic_write_json(self.history_path, {"history": self.val_history, "best": self.best_val})
+        self.history.record(self.current_epoch, self.global_step, scalars,
+                            write=self._trainer is None or self.trainer.is_global_zero)
 
     # -- optimization ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

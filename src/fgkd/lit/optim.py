@@ -47,7 +47,7 @@ class Recipe:
     optimizer: str = "auto"
     lr: float | str = 0.01
     lr_reference_batch: int | None = None
-    #: lr0 of the reference's from-scratch config; fgkd.training uses it instead of ``lr`` for random init
+    #: lr0 of the reference's from-scratch config; fgkd.tasks.detect.recipe_for_init uses it instead of ``lr`` for random init
     scratch_lr: float | None = None
     momentum: float = 0.937
     weight_decay: float = 5e-4

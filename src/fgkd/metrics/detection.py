@@ -77,17 +77,7 @@ def five(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def format_table(rows: Mapping[str, Mapping[str, Any]] | Mapping[str, Any], digits: int = 3) -> str:
-    """A small fixed-width table with the paper's column headers.
+    """The five columns with the paper's headers (:func:`fgkd.metrics.table.format_table`)."""
+    from fgkd.metrics.table import format_table as generic_table
 
-    ``rows`` is either one metrics mapping (printed as a single row named "result") or ``{row_name: metrics}``.
-    """
-    if all(not isinstance(v, Mapping) for v in rows.values()):
-        rows = {"result": rows}  # type: ignore[dict-item]
-    label_width = max([len("run")] + [len(str(k)) for k in rows])
-    header = f"{'run':<{label_width}}  " + "  ".join(f"{DISPLAY_NAMES[m]:>7}" for m in FIVE_METRICS)
-    lines = [header, "-" * len(header)]
-    for label, metrics in rows.items():
-        values = five(metrics)  # type: ignore[arg-type]
-        cells = "  ".join(f"{values[m]:>7.{digits}f}" for m in FIVE_METRICS)
-        lines.append(f"{str(label):<{label_width}}  {cells}")
-    return "\n".join(lines)
+    return generic_table(rows, FIVE_METRICS, DISPLAY_NAMES, digits)

@@ -17,15 +17,19 @@ Contract (DESIGN.md "Interfaces"):
   ``(batch_index, class, x1, y1, x2, y2)`` in input pixels; ``parts`` holds detached scalars
   (``box``, ``cls``, ``dfl`` …) for logging.
 * ``postprocess(raw, conf=0.001, iou=0.7, max_det=300) -> list[{boxes xyxy px, scores, labels}]``.
-* ``taps``: ``dict[str, str]`` mapping tap names (``backbone.p2`` … ``backbone.p5``, ``neck.p3`` …) to
-  module paths usable with ``model.get_submodule``; ``default_taps``: the last K backbone maps
-  (the paper's choice, Eq. 5-6).
+* ``taps``: ``dict[str, TapInfo]`` — tap name (``backbone.p2`` … ``backbone.p5``, ``neck.p3`` …) ->
+  ``TapInfo(module, channels, stride)``: the module path (``model.get_submodule``), the channels and the
+  output stride of its map, declared per instance like timm's ``feature_info`` so distillation connectors are
+  built without a probe forward pass (tests/test_distill_taps.py checks them against a forward);
+  ``default_taps``: the last K backbone maps (the paper's choice, Eq. 5-6).
+* ``loss_reduction``: ``"sum"`` | ``"mean"`` over the images of a batch; ``kd_logits(raw)``: logits for logit KD.
+* ``raw`` is opaque outside its family: only the family's own ``loss`` / ``postprocess`` / ``kd_logits`` read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import torch
 from torch import nn
@@ -41,11 +45,19 @@ class DetectorOutput(TypedDict):
     bins: int
 
 
+class TapInfo(NamedTuple):
+    """A distillation point: the module path, the channels and the stride (input px per map px) of its output."""
+
+    module: str
+    channels: int
+    stride: int
+
+
 class Detector(nn.Module):
     """Base class: subclasses set ``taps``/``default_taps`` and implement the three methods."""
 
-    #: tap name -> module path (relative to the detector)
-    taps: dict[str, str] = {}
+    #: tap name -> TapInfo (set per instance in ``__init__``: channels depend on the size)
+    taps: dict[str, TapInfo] = {}
     #: default tap names distilled by FAKD: the last K backbone maps
     default_taps: list[str] = []
     num_classes: int
@@ -53,7 +65,9 @@ class Detector(nn.Module):
     #: how ``loss`` reduces over the images of a batch: "sum" or "mean" (DDP scales a summed loss by the world size)
     loss_reduction: str = ""
 
-    def forward(self, images: torch.Tensor) -> DetectorOutput:  # pragma: no cover - abstract
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> DetectorOutput:  # pragma: no cover
+        """``targets`` (``float[M, 6]``) is for families whose training forward needs them (DETR denoising);
+        dense YOLO heads ignore it."""
         raise NotImplementedError
 
     def loss(
@@ -77,7 +91,7 @@ class Detector(nn.Module):
         """The module behind tap ``name``; unknown names raise a KeyError listing the valid ones."""
         if name not in self.taps:
             raise KeyError(f"unknown tap {name!r} for {type(self).__name__}; valid taps: {sorted(self.taps)}")
-        return self.get_submodule(self.taps[name])
+        return self.get_submodule(self.taps[name].module)
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

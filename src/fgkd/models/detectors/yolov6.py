@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fgkd.models.detectors.base import Detector, DetectorOutput, register_detector
+from fgkd.models.detectors.base import Detector, DetectorOutput, TapInfo, register_detector
 from fgkd.models.detectors.common import ConvBNAct
 from fgkd.models.detectors.yolov6_blocks import (
     CSPSPPF,
@@ -207,9 +207,9 @@ class YOLOv6(Detector):
 
     family = "yolov6"
     loss_reduction = "mean"  # detectors.md §3: the reference averages over the batch
-    taps = {f"backbone.p{i}": f"backbone.p{i}" for i in (2, 3, 4, 5)} | {
-        f"neck.p{i}": f"neck.p{i}" for i in (3, 4, 5)
-    }
+    #: tap name -> output stride; module path = tap name; channels from the size (set in ``__init__``)
+    TAP_STRIDES = {"backbone.p2": 4, "backbone.p3": 8, "backbone.p4": 16, "backbone.p5": 32,
+                   "neck.p3": 8, "neck.p4": 16, "neck.p5": 32}
     default_taps = ["backbone.p3", "backbone.p4", "backbone.p5"]
 
     def __init__(
@@ -243,12 +243,15 @@ class YOLOv6(Detector):
         self.backbone = YOLOv6Backbone(backbone_channels, backbone_repeats, block, csp_e, cspsppf, act)
         self.neck = YOLOv6Neck(backbone_channels, neck_channels, neck_repeats, block, csp_e, act)
         self.head = EffiDeHead([neck_channels[i] for i in (1, 3, 5)], num_classes, bins)
+        channels = (*backbone_channels[1:], *(neck_channels[i] for i in (1, 3, 5)))
+        self.taps = {name: TapInfo(name, c, stride)
+                     for (name, stride), c in zip(self.TAP_STRIDES.items(), channels, strict=True)}
         self.strides = STRIDES
         # Built lazily on the first loss() call; kept in a plain dict so it never becomes a registered
         # sub-module (no state_dict entries, not part of EMA/optimizer parameter sets).
         self._criterion: dict[str, Any] = {}
 
-    def forward(self, images: torch.Tensor) -> DetectorOutput:
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> DetectorOutput:
         from fgkd.models.detectors.ops import make_anchors
 
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % 32 or images.shape[-2] % 32:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgkd.models.detectors.base import Detector, DetectorOutput, register_detector
+from fgkd.models.detectors.base import Detector, DetectorOutput, TapInfo, register_detector
 from fgkd.models.detectors.common import ConvBNAct
 from fgkd.models.detectors.losses import YOLOv8Loss
 from fgkd.models.detectors.ops import make_anchors, postprocess
@@ -135,6 +135,7 @@ class YOLOv8Backbone(nn.Module):
             SPPF(ch(1024), ch(1024), 5),
         )
         self.out_channels = (ch(256), ch(512), ch(1024))  # P3, P4, P5
+        self.stage_channels = (ch(128), *self.out_channels)  # P2 … P5
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p3 = self.stage3(self.stage2(self.stem(images)))
@@ -228,14 +229,15 @@ class YOLOv8(Detector):
 
     family = "yolov8"
     loss_reduction = "sum"  # detectors.md §3: the reference returns loss * batch_size
-    taps = {
-        "backbone.p2": "backbone.stage2",  # L2
-        "backbone.p3": "backbone.stage3",  # L4
-        "backbone.p4": "backbone.stage4",  # L6
-        "backbone.p5": "backbone.stage5",  # L9 (SPPF output)
-        "neck.p3": "neck.out_p3",  # L15
-        "neck.p4": "neck.out_p4",  # L18
-        "neck.p5": "neck.out_p5",  # L21
+    #: tap name -> (module path, output stride); the channels come from the size (``_declare_taps``)
+    TAP_POINTS = {
+        "backbone.p2": ("backbone.stage2", 4),  # L2
+        "backbone.p3": ("backbone.stage3", 8),  # L4
+        "backbone.p4": ("backbone.stage4", 16),  # L6
+        "backbone.p5": ("backbone.stage5", 32),  # L9 (SPPF output)
+        "neck.p3": ("neck.out_p3", 8),  # L15
+        "neck.p4": ("neck.out_p4", 16),  # L18
+        "neck.p5": ("neck.out_p5", 32),  # L21
     }
     # The paper distills the last K=3 backbone maps (Eq. 5-6).
     default_taps = ["backbone.p3", "backbone.p4", "backbone.p5"]
@@ -268,6 +270,8 @@ class YOLOv8(Detector):
         self.backbone = YOLOv8Backbone(depth, width, max_channels)
         self.neck = YOLOv8Neck(self.backbone.out_channels, depth, width, max_channels)
         self.head = YOLOv8Head(self.neck.out_channels, num_classes, DFL_BINS, STRIDES)
+        channels = dict(zip(self.TAP_POINTS, (*self.backbone.stage_channels, *self.neck.out_channels), strict=True))
+        self.taps = {name: TapInfo(path, channels[name], stride) for name, (path, stride) in self.TAP_POINTS.items()}
         # YOLOv8Loss, built on the first loss() call; held in a plain dict so it never becomes part of the
         # module tree (no state_dict entries, nothing for optimizers/EMA to see).
         self._criterion: dict[str, Any] = {}
@@ -280,7 +284,7 @@ class YOLOv8(Detector):
             raise ValueError(f"image height/width must be multiples of 32, got {tuple(images.shape[-2:])}")
         return self.head(self.neck(self.backbone(images)))
 
-    def forward(self, images: torch.Tensor) -> DetectorOutput:
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> DetectorOutput:
         levels = self.forward_levels(images)
         flat = torch.cat([level.flatten(2) for level in levels], 2).transpose(1, 2)  # [B, A, 4*bins+nc]
         box, cls = flat.split([4 * self.bins, self.num_classes], dim=2)

@@ -1,0 +1,310 @@
+"""The task-agnostic fit: Trainer, loggers, callbacks, precision, resume, :class:`FitResult`, ``metrics.json``.
+
+``fit(cfg, task, role)`` asks the task (``fgkd.tasks``) for the datamodule, the LightningModule and, at the
+end, to export its artifact (a detector's weights, an anomaly model); everything else is the same for every
+task: seeding, the Trainer from ``cfg.trainer`` (``precision: auto``, ``accumulate_grad_batches: auto``),
+loggers and callbacks from their groups, resume (``ckpt_path=auto``: the fit's own ``last.ckpt``), the best
+record of ``module.history`` (``fgkd.lit.history.ValidationHistory``) and one ``metrics.json`` schema
+(:func:`metrics_payload`) for every stage and every task.
+
+Run folder (``output_dir``): ``checkpoints/{best,last}.ckpt``, the task's artifact (``detector.pt`` …),
+``metrics.json``, ``val_history.json``, logger folders (``csv/``, ``tensorboard/``, ``wandb/``) and ``.hydra/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fgkd.config import to_plain
+from fgkd.io import atomic_write_json, read_json
+from fgkd.lit.optim import Recipe, accumulate_steps
+
+if TYPE_CHECKING:
+    from fgkd.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "val_history.json"
+#: version of the ``metrics.json`` layout written by :func:`metrics_payload`
+METRICS_SCHEMA = "fgkd.metrics/1"
+#: ``ckpt_path=auto``: resume from the fit's own last checkpoint if there is one (requeue-safe re-runs)
+AUTO_RESUME = "auto"
+
+
+@dataclass
+class FitResult:
+    """What one :func:`fit` produced (paths are absolute). ``metrics``: the task's metric columns at the best
+    epoch; ``per_class``: per-class values of the first column (e.g. AP per damage class)."""
+
+    task: str
+    role: str
+    metrics: dict[str, float]
+    per_class: dict[str, float]
+    best_epoch: int | None
+    output_dir: Path
+    best_ckpt: Path | None
+    last_ckpt: Path | None
+    artifact_path: Path | None
+    metrics_path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    module: pl.LightningModule | None = field(default=None, repr=False)
+
+
+# -- Trainer pieces ------------------------------------------------------------------------------------
+def cuda_run(trainer_cfg: Mapping[str, Any]) -> bool:
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_trainer_args(cfg: DictConfig, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``precision: auto`` and ``accumulate_grad_batches: auto`` made concrete (see conf/trainer/default.yaml).
+
+    ``accumulate_grad_batches: auto`` keeps the recipe's nominal batch (``optimizer.nbs``, default
+    ``model.recipe``) over the world's batch; without a recipe every batch is an optimizer step.
+    """
+    trainer_cfg = to_plain(cfg.trainer)
+    resolved: dict[str, Any] = {}
+    if trainer_cfg.get("precision", "auto") == "auto":
+        resolved["precision"] = "16-mixed" if cuda_run(trainer_cfg) else "32-true"
+    if trainer_cfg.get("accumulate_grad_batches", "auto") == "auto":
+        recipe = to_plain(OmegaConf.select(cfg, "model.recipe")) if recipe is None else recipe
+        if recipe:
+            devices = trainer_cfg.get("devices", 1)
+            world = devices if isinstance(devices, int) and devices > 0 else 1
+            nbs = Recipe.from_config(dict(recipe)).nbs
+            resolved["accumulate_grad_batches"] = accumulate_steps(int(cfg.batch_size), nbs, world)
+        else:
+            resolved["accumulate_grad_batches"] = 1
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if key in trainer_cfg and trainer_cfg[key] is None:
+            resolved[key] = 1.0  # Lightning's default; null in the yaml only makes the key overridable
+    return resolved
+
+
+def wandb_has_credentials() -> bool:
+    """True when W&B can log online without a prompt: WANDB_API_KEY or a netrc entry for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        netrc_path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+        return bool(Path(netrc_path).is_file() and netrc.netrc(netrc_path).authenticators("api.wandb.ai"))
+    except (OSError, netrc.NetrcParseError):  # type: ignore[name-defined]
+        return False
+
+
+def instantiate_loggers(logger_cfg: Mapping[str, Any] | None, output_dir: Path) -> list[Any]:
+    loggers = []
+    for _name, node in (to_plain(logger_cfg) or {}).items():
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            continue
+        overrides: dict[str, Any] = {"save_dir": str(output_dir)}
+        if str(node["_target_"]).endswith("WandbLogger"):
+            offline = node.get("offline", "auto")
+            if offline == "auto":
+                offline = not wandb_has_credentials()
+            overrides["offline"] = bool(offline)
+            os.makedirs(output_dir, exist_ok=True)
+        loggers.append(instantiate(node, **overrides))
+    return loggers
+
+
+def instantiate_callbacks(callbacks_cfg: Mapping[str, Any] | None, output_dir: Path) -> list[pl.Callback]:
+    callbacks = []
+    for node in (to_plain(callbacks_cfg) or {}).values():
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            continue
+        callback = instantiate(node)
+        if isinstance(callback, pl.callbacks.ModelCheckpoint):
+            callback.dirpath = str(output_dir / "checkpoints")  # one folder per fit (teacher/ and student/)
+        callbacks.append(callback)
+    return callbacks
+
+
+def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``"auto"`` ``<output_dir>/checkpoints/last.ckpt``
+    when it exists (None: start fresh). A pre-empted or killed run started again with ``ckpt_path=auto`` in
+    the same folder continues from its last finished epoch."""
+    if ckpt_path is None or str(ckpt_path) == "":
+        return None
+    if str(ckpt_path) == AUTO_RESUME:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            print(f"resuming from {last}", flush=True)
+            return last
+        return None
+    return Path(ckpt_path)
+
+
+def _output_dir(cfg: DictConfig, output_dir: str | os.PathLike[str] | None) -> Path:
+    if output_dir is not None:
+        return Path(output_dir).resolve()
+    return Path(str(OmegaConf.select(cfg, "paths.output_dir"))).resolve()
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = None,
+                  recipe: Mapping[str, Any] | None = None) -> tuple[pl.Trainer, list[Any]]:
+    """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers."""
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
+    progress_on = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is not False
+    if progress_on and not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+        # Lightning prefers a Rich bar whenever `rich` is importable (the Optuna sweeper pulls it in); the
+        # tqdm bar prints plainly into log files and terminals alike.
+        callbacks.append(pl.callbacks.TQDMProgressBar())
+    loggers = instantiate_loggers(cfg.get("logger"), output_dir)
+    overrides = resolve_trainer_args(cfg, recipe)
+    overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False)
+    if epochs is not None:
+        overrides["max_epochs"] = int(epochs)
+    return instantiate(cfg.trainer, **overrides), loggers
+
+
+# -- fit -----------------------------------------------------------------------------------------------
+def fit(
+    cfg: DictConfig,
+    task: Task,
+    role: str,
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    teacher: Any = None,
+    epochs: int | None = None,
+    ckpt_path: str | os.PathLike[str] | None = None,
+) -> FitResult:
+    """Train the model ``task`` builds for ``role`` (``base`` | ``teacher`` | ``student``) and export it.
+
+    ``teacher``: the frozen teacher of a student fit (``task.load_artifact``). ``epochs`` overrides
+    ``cfg.epochs`` (e.g. ``teacher.epochs``). ``ckpt_path``: resume from a Lightning checkpoint of the same
+    run; ``"auto"``: this fit's own ``<output_dir>/checkpoints/last.ckpt`` when it exists, else a fresh start.
+    """
+    output_dir = _output_dir(cfg, output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule = task.build_datamodule(cfg, role)
+    module = task.build_module(cfg, role, datamodule, teacher=teacher, history_path=output_dir / HISTORY_FILE)
+    if ckpt_path:  # resuming this run: keep its earlier epochs
+        module.history.load()
+
+    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role))
+    with warnings.catch_warnings():
+        # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
+        warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+    checkpoint_cb = trainer.checkpoint_callback
+    best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb and checkpoint_cb.best_model_path else None
+    best_ckpt = best_ckpt if best_ckpt is not None and best_ckpt.is_file() else None
+    last_ckpt = output_dir / "checkpoints" / "last.ckpt"  # conf/callbacks/default.yaml: last_checkpoint
+    last_ckpt = last_ckpt if last_ckpt.is_file() else None
+    artifact_path = task.save_artifact(cfg, role, module, best_ckpt, output_dir) if trainer.is_global_zero else None
+
+    history = module.history
+    if history.best is None:  # ddp_spawn: the records live in the workers' copies, and in the history file
+        history.load()
+    metrics, per_class = task.summarize(history.best or {})
+    best = history.best or {}
+    result = FitResult(
+        task=task.name, role=role, metrics=metrics, per_class=per_class, best_epoch=best.get("epoch"),
+        output_dir=output_dir, best_ckpt=best_ckpt, last_ckpt=last_ckpt, artifact_path=artifact_path,
+        metrics_path=output_dir / METRICS_FILE, history=list(history.records), module=module,
+    )
+    if trainer.is_global_zero:
+        write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role)))
+        _announce_wandb(loggers)
+    return result
+
+
+def validate_once(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> dict[str, float]:
+    """One validation pass of ``module`` on one device, without loggers or checkpoints; ``val/...`` scalars."""
+    trainer_cfg = to_plain(cfg.trainer)
+    trainer = pl.Trainer(
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        devices=1,
+        precision=resolve_trainer_args(cfg).get("precision", trainer_cfg.get("precision")),
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=trainer_cfg.get("limit_val_batches") or 1.0,
+    )
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+# -- metrics.json --------------------------------------------------------------------------------------
+def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
+                    teacher: Mapping[str, Any] | None = None, paths: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one ``metrics.json`` layout of every stage and task::
+
+        {"schema", "task", "role",            # role: base | teacher | student
+         "metrics": {column: value},           # the task's metric columns at the best epoch (student: the student's)
+         "display": {paper name: value}, "per_class": {...}, "epoch": best epoch,
+         "run": {...},                         # the task's description of the run (model, views, kd, alpha ...)
+         "teacher": null | {"metrics", "path", "source", ...},
+         "paths": {"run_dir", "best_ckpt", "last_ckpt", "artifact", ...}, "history": [...]}
+    """
+    return {
+        "schema": METRICS_SCHEMA,
+        "task": task.name,
+        "role": result.role,
+        "metrics": dict(result.metrics),
+        "display": {task.display_names.get(k, k): v for k, v in result.metrics.items()},
+        "per_class": dict(result.per_class),
+        "epoch": result.best_epoch,
+        "run": dict(run),
+        "teacher": dict(teacher) if teacher is not None else None,
+        "paths": {
+            "run_dir": str(result.output_dir),
+            "best_ckpt": str(result.best_ckpt) if result.best_ckpt else None,
+            "last_ckpt": str(result.last_ckpt) if result.last_ckpt else None,
+            "artifact": str(result.artifact_path) if result.artifact_path else None,
+            **dict(paths or {}),
+        },
+        "history": list(result.history),
+    }
+
+
+def write_metrics(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    return atomic_write_json(path, dict(payload))
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``metrics.json`` written by :func:`write_metrics`; a clear error for anything else."""
+    path = Path(path)
+    payload = read_json(path)
+    if payload is None:
+        raise FileNotFoundError(f"{path}: no metrics.json (the run has not finished)")
+    if not isinstance(payload, dict) or payload.get("schema") != METRICS_SCHEMA:
+        found = payload.get("schema") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not a {METRICS_SCHEMA} metrics file (schema {found!r}); it was written by "
+                         "another fgkd version or by hand: delete it and run the stage again")
+    return payload
+
+
+def _announce_wandb(loggers: list[Any]) -> None:
+    for logger in loggers:
+        if type(logger).__name__ != "WandbLogger":
+            continue
+        try:
+            import wandb
+
+            run = wandb.run
+            if run is not None and getattr(run.settings, "mode", "") in ("offline", "dryrun"):
+                print(f"W&B ran offline; upload with: wandb sync {Path(run.dir).parent}")
+            wandb.finish()  # the next job of a multirun must get a fresh run (ecosystem.md §2.5)
+        except Exception as err:  # noqa: BLE001 - reporting must never fail a finished run
+            log.warning("could not finish the W&B run: %s", err)
