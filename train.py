@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float:
     if teacher_metrics:  # two stages: the teacher was validated on its own view
         rows = {f"teacher ({settings.teacher_model})": teacher_metrics, f"student ({settings.label})": result.metrics}
     print()
-    print(format_table(rows, task.metric_columns, task.display_names))
+    print(format_table(rows, list(cfg.get("metrics") or task.metric_columns), task.display_names))
     print(f"run folder: {result.output_dir}")
     print(f"metrics:    {result.metrics_path}")
     if result.best_ckpt is not None:

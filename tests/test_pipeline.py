@@ -92,3 +92,21 @@ def test_given_heterogeneous_teacher_uses_adapters_outside_the_exported_student(
     assert exported["detector"]["name"] == "yolov8n"
     assert not any("adapter" in k for k in exported["state_dict"])
     assert json.loads(result.metrics_path.read_text())["teacher"]["source"] == "teacher.ckpt"
+
+
+def test_heterogeneous_teacher_chosen_by_config_is_trained_cached_and_distilled(compose_train, tmp_path):
+    """model@teacher.model=yolov8s: the teacher stage trains a yolov8s (its key names it), the yolov8n student
+    distils through 1x1 connectors sized from the declared taps, and the exported student is a yolov8n."""
+    own_cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    result = run(compose_train(*TINY, own_cache, "model=yolov8n", "model@teacher.model=yolov8s", "kd=cs",
+                               "preprocess=rb", output_dir=tmp_path / "hetero"))
+    spec = json.loads((result.teacher_path.parent / "spec.json").read_text())
+    assert spec["model"]["name"] == "yolov8s" and not result.teacher_reused
+    teacher = torch.load(result.teacher_path, weights_only=False)
+    assert teacher["detector"]["name"] == "yolov8s"
+    ckpt = torch.load(result.best_ckpt, weights_only=False)["state_dict"]
+    connectors = {k: v.shape for k, v in ckpt.items() if k.startswith("distiller.connectors.") and k.endswith("weight")}
+    assert [tuple(shape[:2]) for shape in connectors.values()] == [(128, 64), (256, 128), (512, 256)]  # s <- n channels
+    assert torch.load(result.student.artifact_path, weights_only=False)["detector"]["name"] == "yolov8n"
+    payload = json.loads(result.metrics_path.read_text())
+    assert payload["teacher"]["run"]["model"] == "yolov8s" and payload["run"]["model"] == "yolov8n"

@@ -150,6 +150,8 @@ def validate(cfg: DictConfig) -> RunSettings:
     optimized = str(_get(cfg, "optimized_metric", "val/map"))
     allowed_metrics = [f"val/{column}" for column in task.metric_columns]
     _choice("optimized_metric", optimized, allowed_metrics)
+    for column in _get(cfg, "metrics", list(task.metric_columns)):
+        _choice("metrics", column, list(task.metric_columns), hint=f"python train.py task={task_name}")
     stage = _choice("stage", _get(cfg, "stage"), STAGES)
     eval_view = str(_get(cfg, "eval_view", "original"))  # views: checked by the task (fgkd.tasks.detect)
 

@@ -8,7 +8,6 @@ Evaluation facts (backend, non-scalar outputs, update/compute split): /work/shar
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,11 +68,6 @@ def summarize(result: Mapping[str, torch.Tensor], class_names: Sequence[str] | N
                 name = class_names[class_id] if class_names is not None and 0 <= class_id < len(class_names) else str(class_id)
                 scalars[PER_CLASS_PREFIX + name] = float(ap)
     return scalars
-
-
-def five(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The five reported values from a (possibly prefixed, e.g. ``val/``) metrics mapping; missing -> nan."""
-    return {name: float(metrics.get(prefix + name, math.nan)) for name in FIVE_METRICS}
 
 
 def format_table(rows: Mapping[str, Mapping[str, Any]] | Mapping[str, Any], digits: int = 3) -> str:
