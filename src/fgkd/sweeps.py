@@ -34,10 +34,12 @@ from typing import Any
 import yaml
 
 from fgkd.io import atomic_open, atomic_save, atomic_write
+from fgkd.metrics.detection import DISPLAY_NAMES, FIVE_METRICS
 from fgkd.paths import project_root
 
-METRIC_KEYS = ("map", "map_50", "mar_1", "mar_10", "mar_100")
-METRIC_NAMES = ("mAP", "mAP50", "mAR1", "mAR10", "mAR100")
+#: the paper tables' columns and headers: the detection task's (fgkd.metrics.detection names them once)
+METRIC_KEYS = tuple(FIVE_METRICS)
+METRIC_NAMES = tuple(DISPLAY_NAMES[key] for key in METRIC_KEYS)
 SCALES = ("smoke", "dev", "paper")
 LAUNCHERS = ("local", "joblib", "slurm")
 #: environment variable holding a replacement for ``python train.py`` (split like a shell command line)
