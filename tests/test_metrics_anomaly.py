@@ -92,3 +92,18 @@ def test_bad_input_names_the_problem():
         aupro(np.full((1, 2, 2), np.nan), np.eye(2)[None])
     with pytest.raises(ValueError, match="fpr_limit"):
         aupro(np.zeros((1, 2, 2)), np.eye(2)[None], fpr_limit=0.0)
+
+
+def test_rd4ad_per_image_variant_differs_from_the_official_metric_as_documented():
+    from fgkd.metrics.anomaly import aupro_rd4ad
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 16, 16), dtype=bool)
+    masks[0, 3:7, 3:7] = True
+    masks[1, 9:12, 2:14] = True
+    scores = rng.random(masks.shape) + 0.8 * masks
+    value = aupro_rd4ad(scores, masks)
+    assert 0.0 < value <= 1.0
+    # a separable map keeps only FPR-0 points: RD4AD's rescaling by the largest kept FPR is then undefined
+    assert math.isnan(aupro_rd4ad(masks.astype(float) + 0.01 * rng.random(masks.shape), masks))
+    assert value != pytest.approx(aupro(scores, masks))  # per-image, rescaled FPR: another number

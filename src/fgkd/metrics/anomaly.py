@@ -111,3 +111,33 @@ def anomaly_metrics(scores: np.ndarray | torch.Tensor, masks: np.ndarray | torch
         "pixel_auroc": float(binary_auroc(pixel_scores, pixel_labels)) if 0 < int(pixel_labels.sum()) < len(pixel_labels) else float("nan"),
         "aupro": aupro(scores, masks, fpr_limit) if bool(masks.any()) and not bool(masks.all()) else float("nan"),
     }
+
+
+def aupro_rd4ad(scores: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, fpr_limit: float = 0.3,
+                num_thresholds: int = 200) -> float:
+    """RD4AD's PRO, for comparison with papers that report it (anomaly_spec.md §2; *not* the official AU-PRO).
+
+    Per anomalous image: ``num_thresholds`` thresholds evenly spaced between that map's min and max, PRO over
+    the image's own 8-connected regions, FPR over its own normal pixels; points with FPR < ``fpr_limit`` are
+    kept, FPR is rescaled by the largest kept FPR and the trapezoidal area is taken; the mean over images.
+    Images whose kept FPRs are all 0 give NaN and are left out of the mean.
+    """
+    scores, masks = _check_maps(scores, masks)
+    values = []
+    for amap, mask in zip(scores, masks, strict=True):
+        if not mask.any() or mask.all():
+            continue
+        labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        regions = [labels == k for k in range(1, count + 1)]
+        ok = ~mask
+        points = []
+        for threshold in np.linspace(amap.min(), amap.max(), num_thresholds):
+            predicted = amap > threshold
+            pro = float(np.mean([(predicted & region).sum() / region.sum() for region in regions]))
+            points.append(((predicted & ok).sum() / ok.sum(), pro))
+        fpr, pro = np.array(sorted(p for p in points if p[0] < fpr_limit)).T if points else (np.array([]),) * 2
+        if fpr.size < 2 or fpr.max() <= 0:
+            continue
+        fpr = fpr / fpr.max()
+        values.append(float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2.0)))
+    return float(np.mean(values)) if values else float("nan")
