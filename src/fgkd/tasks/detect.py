@@ -163,7 +163,9 @@ class DetectTask(Task):
         return dict(to_plain(cfg.model))
 
     def recipe(self, cfg: DictConfig, role: str) -> dict[str, Any] | None:
-        return recipe_for_init(self.model_config(cfg, role))
+        """The role's model recipe as configured (the engine reads its nominal batch; build_module applies
+        the random-init learning rate)."""
+        return self.model_config(cfg, role).get("recipe")
 
     def teacher_views(self, cfg: DictConfig) -> tuple[str, str]:
         """``(train view, validation view)`` of the teacher."""
