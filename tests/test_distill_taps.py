@@ -208,19 +208,19 @@ def test_select_taps(detector):
         select_taps(detector, taps=["backbone.p7"])
 
 
-def test_adapters_map_student_to_teacher_channels():
-    adapters = build_connectors([4, 8, 16], [4, 32, 16])
-    assert isinstance(adapters[0], nn.Identity) and isinstance(adapters[2], nn.Identity)
-    assert isinstance(adapters[1], nn.Conv2d) and adapters[1].kernel_size == (1, 1)
-    assert (adapters[1].in_channels, adapters[1].out_channels) == (8, 32)
+def test_connectors_map_student_to_teacher_channels():
+    connectors = build_connectors([4, 8, 16], [4, 32, 16])
+    assert isinstance(connectors[0], nn.Identity) and isinstance(connectors[2], nn.Identity)
+    assert isinstance(connectors[1], nn.Conv2d) and connectors[1].kernel_size == (1, 1)
+    assert (connectors[1].in_channels, connectors[1].out_channels) == (8, 32)
     student = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)]
-    mapped = apply_connectors(adapters, student)
+    mapped = apply_connectors(connectors, student)
     assert [tuple(f.shape) for f in mapped] == [(2, 4, 8, 8), (2, 32, 4, 4), (2, 16, 2, 2)]
     assert mapped[0] is student[0]
     # the adapted pair now passes the loss's channel check, and the adapter receives gradient
     teacher = [torch.rand(2, 4, 8, 8), torch.rand(2, 32, 4, 4), torch.rand(2, 16, 2, 2)]
     build_kd_loss("mse")(mapped, teacher).backward()
-    assert adapters[1].weight.grad is not None
+    assert connectors[1].weight.grad is not None
     assert sum(p.numel() for p in build_connectors([8, 16], [8, 16]).parameters()) == 0
     with pytest.raises(ValueError, match="2 student taps vs 1 teacher taps"):
         build_connectors([4, 8], [4])

@@ -77,7 +77,7 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
     assert any(not torch.equal(teacher_state[k], student_state[k]) for k in teacher_state)
 
 
-def test_given_heterogeneous_teacher_uses_adapters_outside_the_exported_student(compose_train, tmp_path):
+def test_given_heterogeneous_teacher_uses_connectors_outside_the_exported_student(compose_train, tmp_path):
     from fgkd.models import build_detector
     from fgkd.tasks.detect import save_detector
 
