@@ -26,6 +26,11 @@ def main(cfg: DictConfig) -> float:
     teacher_metrics = getattr(result, "teacher_metrics", None)
     if teacher_metrics:  # two stages: the teacher was validated on its own view
         rows = {f"teacher ({settings.teacher_model})": teacher_metrics, f"student ({settings.label})": result.metrics}
+    extra_rows = dict((getattr(result, "extras", None) or {}).get("rows") or {})
+    if extra_rows:  # the task's rows beside the run's (anomaly: each category, the trivial baseline)
+        label = f"{settings.label} (mean of {len(result.per_class)})" if getattr(result, "parts", None) else settings.label
+        rows = {**{k: v for k, v in extra_rows.items() if k in getattr(result, "per_class", {})},
+                label: result.metrics, **{k: v for k, v in extra_rows.items() if k not in getattr(result, "per_class", {})}}
     print()
     print(format_table(rows, list(cfg.get("metrics") or task.metric_columns), task.display_names))
     print(f"run folder: {result.output_dir}")

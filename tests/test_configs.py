@@ -21,7 +21,11 @@ GROUPS = ("task", "data", "model", "preprocess", "kd", "trainer", "logger", "cal
 #: options that need something the test machine lacks (a dataset path, a GPU) to validate, with that something
 NEEDS = {("data", "yolo"): ["data.root=/tmp"], ("data", "pdi"): ["data.root=/tmp"],
          ("data", "coco"): ["data.root=/tmp", "data.ann_train=a.json"],
-         ("preprocess", "none"): ["kd.teacher_view=original"]}  # the default kd=cs teacher needs a combo for X_M
+         ("preprocess", "none"): ["kd.teacher_view=original"],  # the default kd=cs teacher needs a combo for X_M
+         # the anomaly task's options are validated under task=anomaly (the default task is detect)
+         ("data", "synthtex"): ["task=anomaly"], ("data", "mvtec"): ["task=anomaly", "data.root=/tmp"],
+         ("data", "btad"): ["task=anomaly", "data.root=/tmp"], ("model", "rd"): ["task=anomaly"],
+         ("model", "rd2t"): ["task=anomaly"], ("callbacks", "anomaly"): ["task=anomaly"]}
 
 
 def _options(group: str) -> list[str]:
@@ -61,8 +65,11 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
     from fgkd.config import ConfigError, group_options, validate
     from fgkd.models.registry import list_models
 
-    assert set(group_options("model", "detect")) == set(_options("model")) == set(list_models("detect"))
-    assert set(group_options("data", "detect")) == set(_options("data"))
+    assert set(group_options("model", "detect")) == set(list_models("detect"))
+    assert set(group_options("model", "anomaly")) == set(list_models("anomaly")) == {"rd", "rd2t"}
+    assert set(group_options("model", "detect")) | set(group_options("model", "anomaly")) == set(_options("model"))
+    assert set(group_options("data", "detect")) == {"coco", "pdi", "synthpipes", "yolo"}
+    assert set(group_options("data", "anomaly")) == {"btad", "mvtec", "synthtex"}
     cfg = compose_train("model.task=anomaly")
     with pytest.raises(ConfigError, match=r"model is a anomaly config but task=detect; the model options for "
                                           r"task=detect are: yolov6l, .*yolov8s"):
@@ -72,10 +79,15 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
     unknown = compose_train()
     with open_dict(unknown):
         unknown.task = "segment"
-    with pytest.raises(ConfigError, match=r"task='segment' is not allowed; choose one of: detect"):
+    with pytest.raises(ConfigError, match=r"task='segment' is not allowed; choose one of: anomaly, detect"):
         validate(unknown)
     with pytest.raises(ConfigError, match="optimized_metric"):
         validate(compose_train("optimized_metric=val/auroc"))
+    with pytest.raises(ConfigError, match=r"model is a detect config but task=anomaly; the model options for "
+                                          r"task=anomaly are: rd, rd2t"):
+        validate(compose_train("task=anomaly", "model=yolov8n"))
+    with pytest.raises(ConfigError, match=r"data is a detect config but task=anomaly; .* btad, mvtec, synthtex"):
+        validate(compose_train("task=anomaly", "data=synthpipes"))
 
 
 def test_heterogeneous_teacher_is_chosen_from_the_model_group(compose_train):

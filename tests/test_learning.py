@@ -50,7 +50,7 @@ def fit_easy_images(tmp_path, model: str, epochs: int) -> dict:
     datamodule = DetectionDataModule(
         root=root, imgsz=IMGSZ, batch_size=4, num_workers=0, augment=None, cache=False, report=False, progress=False
     )
-    # The dev recipe (conf/scale/dev.yaml): every batch an optimizer step, a short warm-up.
+    # The dev recipe (conf/scale_preset/detect_dev.yaml): every batch an optimizer step, a short warm-up.
     recipe = {
         "optimizer": {"name": "adamw", "lr": "auto", "momentum": 0.9, "weight_decay": 5e-4, "nbs": 4},
         "scheduler": {"name": "linear", "lrf": 0.01, "warmup_epochs": 1, "warmup_min_iters": 3,

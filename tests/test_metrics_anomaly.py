@@ -81,6 +81,23 @@ def test_auroc_values_and_undefined_cases():
     assert math.isnan(anomaly_metrics(scores, np.zeros_like(masks))["aupro"])
 
 
+def test_image_labels_come_from_the_caller_not_the_mask():
+    """A defective image with an empty mask stays defective (anomaly_spec.md §0.6)."""
+    masks = np.zeros((3, 2, 2), dtype=bool)
+    masks[2, 0, 0] = True
+    scores = np.zeros((3, 2, 2))
+    scores[0, 0, 0], scores[1, 0, 0], scores[2, 0, 0] = 0.1, 0.8, 0.9  # image 1: defective, all-zero mask
+    by_mask = anomaly_metrics(scores, masks)["image_auroc"]
+    by_label = anomaly_metrics(scores, masks, labels=[0, 1, 1])["image_auroc"]
+    assert by_mask == pytest.approx(1.0)  # mask-derived: image 1 is 'normal' (0.8) and image 2 (0.9) beats both
+    assert by_label == pytest.approx(1.0)
+    scores[1, 0, 0] = 0.05  # the empty-mask defect now scores lowest: it must cost the labelled AUROC
+    assert anomaly_metrics(scores, masks, labels=[0, 1, 1])["image_auroc"] == pytest.approx(0.5)
+    assert anomaly_metrics(scores, masks)["image_auroc"] == pytest.approx(1.0)  # mask-derived labels hide it
+    with pytest.raises(ValueError, match="labels"):
+        anomaly_metrics(scores, masks, labels=[0, 1])
+
+
 def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="same|one shape"):
         aupro(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))

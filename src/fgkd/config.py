@@ -49,7 +49,9 @@ class RunSettings:
 
     @property
     def label(self) -> str:
-        """A short name of the run for printed tables (``yolov8n full kd=cs a=0.5``)."""
+        """A short name of the run for printed tables (``yolov8n full kd=cs a=0.5``; anomaly: ``rd2t``)."""
+        if self.task != "detect":
+            return self.model
         return f"{self.model} {self.stage} kd={self.kd}" + (f" a={self.alpha:g}" if self.kd != "none" else "")
 
 
@@ -136,6 +138,41 @@ def _check_task_of(cfg: DictConfig, group: str, key: str, task: str) -> None:
                           f"{options[0] if options else '...'}`)")
 
 
+def validate_detection(cfg: DictConfig) -> None:
+    """The detection task's keys (called by ``fgkd.tasks.detect.DetectTask.validate``)."""
+    model = _get(cfg, "model.name")
+    known = _known("model")
+    if known is not None:
+        _choice("model.name", model, known, hint=f"python train.py model={known[0]}")
+    kd = _get(cfg, "kd.name")
+    known = _known("kd")
+    if known is not None:
+        _choice("kd.name", kd, known, hint="python train.py kd=cs")
+    preprocess = _get(cfg, "preprocess.combo")
+    known = _known("preprocess")
+    if known is not None:
+        _choice("preprocess.combo", preprocess, known, hint="python train.py preprocess=rb_sf")
+    alpha = _get(cfg, "alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ConfigError(f"alpha must be a finite number >= 0 (the KD weight of Eq. 9), got {alpha!r}")
+    teacher_ckpt = _get(cfg, "teacher.ckpt", None)
+    if teacher_ckpt is not None and not Path(str(teacher_ckpt)).expanduser().is_file():
+        raise ConfigError(f"teacher.ckpt={teacher_ckpt!r}: file not found; give a path to a trained teacher checkpoint")
+    if str(_get(cfg, "stage")) == "student" and kd != "none" and teacher_ckpt is None:
+        raise ConfigError(
+            "stage=student with a KD loss needs a trained teacher: set teacher.ckpt=<path to teacher .ckpt/.pt> "
+            "(or use stage=full to train and cache the teacher first)"
+        )
+    recipe = _get(cfg, "model.recipe", None)
+    if recipe is not None:
+        from fgkd.lit.optim import Recipe, RecipeError
+
+        try:
+            Recipe.from_config(OmegaConf.to_container(recipe, resolve=True))
+        except RecipeError as err:
+            raise ConfigError(str(err)) from None
+
+
 def validate(cfg: DictConfig) -> RunSettings:
     """Check the composed config; raise :class:`ConfigError` naming the first bad key."""
     from fgkd.tasks import get_task, list_tasks
@@ -156,22 +193,10 @@ def validate(cfg: DictConfig) -> RunSettings:
     eval_view = str(_get(cfg, "eval_view", "original"))  # views: checked by the task (fgkd.tasks.detect)
 
     model = _get(cfg, "model.name")
-    known = _known("model")
-    if known is not None:
-        _choice("model.name", model, known, hint=f"python train.py model={known[0]}")
-    kd = _get(cfg, "kd.name")
-    known = _known("kd")
-    if known is not None:
-        _choice("kd.name", kd, known, hint="python train.py kd=cs")
+    kd = str(_get(cfg, "kd.name", "none"))
     teacher_view = str(_get(cfg, "kd.teacher_view", "preprocessed"))
-    preprocess = _get(cfg, "preprocess.combo")
-    known = _known("preprocess")
-    if known is not None:
-        _choice("preprocess.combo", preprocess, known, hint="python train.py preprocess=rb_sf")
-
-    alpha = _get(cfg, "alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ConfigError(f"alpha must be a finite number >= 0 (the KD weight of Eq. 9), got {alpha!r}")
+    preprocess = str(_get(cfg, "preprocess.combo", "none"))
+    alpha = _get(cfg, "alpha", 0.0)
     imgsz = _int("imgsz", _get(cfg, "imgsz"), 32)
     if imgsz % 32:
         raise ConfigError(f"imgsz must be a multiple of 32 (the detectors' largest stride), got {imgsz}; e.g. imgsz={32 * max(1, round(imgsz / 32))}")
@@ -184,28 +209,11 @@ def validate(cfg: DictConfig) -> RunSettings:
     teacher_ckpt = _get(cfg, "teacher.ckpt", None)
     teacher_epochs = _int("teacher.epochs", _get(cfg, "teacher.epochs", epochs), 1)
 
-    if teacher_ckpt is not None and not Path(str(teacher_ckpt)).expanduser().is_file():
-        raise ConfigError(f"teacher.ckpt={teacher_ckpt!r}: file not found; give a path to a trained teacher checkpoint")
     resume = _get(cfg, "ckpt_path", None)
     if resume is not None and str(resume) != "auto" and not Path(str(resume)).expanduser().is_file():
         raise ConfigError(f"ckpt_path={resume!r}: file not found; give a run's checkpoints/last.ckpt to resume, "
                           "or ckpt_path=auto (resume the run folder's own last.ckpt if present)")
-    if stage == "student" and kd != "none" and teacher_ckpt is None:
-        raise ConfigError(
-            "stage=student with a KD loss needs a trained teacher: set teacher.ckpt=<path to teacher .ckpt/.pt> "
-            "(or use stage=full to train and cache the teacher first)"
-        )
-
-    recipe = _get(cfg, "model.recipe", None)
-    if recipe is not None:
-        from fgkd.lit.optim import Recipe, RecipeError
-
-        try:
-            Recipe.from_config(OmegaConf.to_container(recipe, resolve=True))
-        except RecipeError as err:
-            raise ConfigError(str(err)) from None
-
-    task.validate(cfg)
+    task.validate(cfg)  # the task's own keys (detect: model registry, kd, preprocess, alpha, teacher, recipe)
     teacher_name = OmegaConf.select(cfg, "teacher.model.name") or str(model)
     return RunSettings(
         task=task_name, teacher_model=str(teacher_name), stage=stage, model=str(model), kd=str(kd), preprocess=str(preprocess), alpha=float(alpha), imgsz=imgsz,

@@ -60,6 +60,7 @@ class FitResult:
     metrics_path: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     module: pl.LightningModule | None = field(default=None, repr=False)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 # -- Trainer pieces ------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def fit(
     if ckpt_path:  # resuming this run: keep its earlier epochs
         module.history.load()
 
-    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role))
+    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {})
     with warnings.catch_warnings():
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
@@ -223,6 +224,7 @@ def fit(
         task=task.name, role=role, metrics=metrics, per_class=per_class, best_epoch=best.get("epoch"),
         output_dir=output_dir, best_ckpt=best_ckpt, last_ckpt=last_ckpt, artifact_path=artifact_path,
         metrics_path=output_dir / METRICS_FILE, history=list(history.records), module=module,
+        extras=task.extras(best),
     )
     if trainer.is_global_zero:
         write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role)))
@@ -255,7 +257,8 @@ def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
          "display": {paper name: value}, "per_class": {...}, "epoch": best epoch,
          "run": {...},                         # the task's description of the run (model, views, kd, alpha ...)
          "teacher": null | {"metrics", "path", "source", ...},
-         "paths": {"run_dir", "best_ckpt", "last_ckpt", "artifact", ...}, "history": [...]}
+         "paths": {"run_dir", "best_ckpt", "last_ckpt", "artifact", ...}, "history": [...],
+         "extras": {...}}                      # the task's additions (Task.extras; e.g. {"rows": {baseline}})
     """
     return {
         "schema": METRICS_SCHEMA,
@@ -275,6 +278,7 @@ def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
             **dict(paths or {}),
         },
         "history": list(result.history),
+        "extras": dict(result.extras),
     }
 
 

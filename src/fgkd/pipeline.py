@@ -3,6 +3,9 @@
 * ``stage=teacher``: the task's teacher fit alone (detect: the detector on X_M).
 * a task/config without a teacher stage (``task.needs_teacher(cfg)`` false, e.g. ``kd=none``): one ``base`` fit.
 * ``stage=student``: the student against ``teacher.ckpt``.
+* a run the task expands into several fits (``task.expand(cfg)``, e.g. anomaly ``data.category=all``): one
+  fit per part in ``<run>/<label>/`` (a part with a ``metrics.json`` is finished and skipped, so a killed run
+  continues where it stopped), then ``task.aggregate`` writes the run's ``metrics.json``.
 * ``stage=full`` with a teacher: stage 1 — the teacher from ``teacher.ckpt`` or the teacher cache
   (``fgkd.teacher_cache``, keyed by ``task.teacher_spec(cfg)``: sweeps that share a teacher train it once);
   stage 2 — the student (``<run>/student``); the run folder's ``metrics.json`` holds the student's metrics
@@ -45,6 +48,20 @@ class PipelineResult:
     teacher_path: Path
     teacher_reused: bool
     student: FitResult | None = field(default=None, repr=False)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExpandedResult:
+    """An expanded run: the aggregate metrics, every part's payload, the printed rows (``extras["rows"]``)."""
+
+    metrics: dict[str, float]
+    per_class: dict[str, Any]
+    extras: dict[str, Any]
+    output_dir: Path
+    metrics_path: Path
+    parts: dict[str, dict[str, Any]]
+    best_ckpt: Path | None = None
 
 
 def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
@@ -68,10 +85,13 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
     return entry
 
 
-def run(cfg: DictConfig) -> FitResult | PipelineResult:
+def run(cfg: DictConfig) -> FitResult | PipelineResult | ExpandedResult:
     """Dispatch ``cfg`` by ``stage`` and the task's teacher stage (module docstring)."""
     task = get_task(cfg)
     task.validate(cfg)
+    parts = task.expand(cfg)
+    if parts:
+        return run_expanded(cfg, task, parts)
     stage = str(cfg.stage)
     resume = OmegaConf.select(cfg, "ckpt_path")
     if stage == "teacher":
@@ -88,6 +108,33 @@ def run(cfg: DictConfig) -> FitResult | PipelineResult:
                          "not for the two-stage pipeline; use ckpt_path=auto (resumes the student stage from "
                          "<run>/student/checkpoints/last.ckpt) or resume the stage's own run instead")
     return run_two_stage(cfg, task)
+
+
+def run_expanded(cfg: DictConfig, task: Task, parts: list[tuple[str, DictConfig]]) -> ExpandedResult:
+    """One fit per part (finished parts skipped), then the task's aggregate in ``<run>/metrics.json``."""
+    output_dir = Path(str(OmegaConf.select(cfg, "paths.output_dir"))).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payloads: dict[str, dict[str, Any]] = {}
+    for number, (label, part_cfg) in enumerate(parts, 1):
+        part_dir = output_dir / label
+        done = part_dir / METRICS_FILE
+        if done.is_file():
+            print(f"[{task.name}] {number}/{len(parts)} {label}: finished earlier ({done}), skipped", flush=True)
+        else:
+            print(f"[{task.name}] {number}/{len(parts)} {label}", flush=True)
+            fit(part_cfg, task, "base", output_dir=part_dir, ckpt_path=AUTO_RESUME)
+        payloads[label] = read_metrics(done)
+    metrics, per_class, extras = task.aggregate(cfg, payloads)
+    payload = {
+        **metrics_payload(task, FitResult(task=task.name, role="base", metrics=metrics, per_class=per_class,
+                                          best_epoch=None, output_dir=output_dir, best_ckpt=None, last_ckpt=None,
+                                          artifact_path=None, metrics_path=output_dir / METRICS_FILE, extras=extras),
+                          run={**task.run_info(cfg, "base"), "parts": [label for label, _ in parts]},
+                          paths={label: str(output_dir / label) for label, _ in parts}),
+    }
+    metrics_path = write_metrics(output_dir / METRICS_FILE, payload)
+    return ExpandedResult(metrics=metrics, per_class=per_class, extras=extras, output_dir=output_dir,
+                          metrics_path=metrics_path, parts=payloads)
 
 
 def run_two_stage(cfg: DictConfig, task: Task) -> PipelineResult:

@@ -21,19 +21,23 @@ class ValidationHistory:
     """``records`` (one dict per validation epoch, sanity check excluded) and ``best`` by ``monitor``.
 
     Args:
-        monitor: the scalar key that ranks epochs (e.g. ``"map"``); ``mode``: ``"max"`` or ``"min"``.
+        monitor: the scalar key that ranks epochs (e.g. ``"map"``); ``mode``: ``"max"``, ``"min"`` or ``"last"``
+            (the latest record is the reported one: no epoch is chosen on the evaluation set, the anomaly
+            protocol where the test set is the only labelled split).
         path: the JSON file ``{"history": [...], "best": {...}}`` rewritten after every record (None: memory only).
     """
 
     def __init__(self, monitor: str, mode: str = "max", path: str | os.PathLike[str] | None = None) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"ValidationHistory mode must be 'max' or 'min', got {mode!r}")
+        if mode not in ("max", "min", "last"):
+            raise ValueError(f"ValidationHistory mode must be 'max', 'min' or 'last', got {mode!r}")
         self.monitor, self.mode = monitor, mode
         self.path = Path(path) if path is not None else None
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
 
     def _better(self, value: float, than: float) -> bool:
+        if self.mode == "last":
+            return True
         if math.isnan(value):
             return False
         if math.isnan(than):

@@ -98,12 +98,21 @@ def aupro(scores: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, f
 
 
 def anomaly_metrics(scores: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor,
-                    fpr_limit: float = 0.3) -> dict[str, float]:
-    """``image_auroc`` (image score = max of its map; label = mask has a defect), ``pixel_auroc`` and ``aupro``.
-    A metric that is undefined for the data (one class only) is NaN."""
+                    labels: np.ndarray | torch.Tensor | None = None, fpr_limit: float = 0.3) -> dict[str, float]:
+    """``image_auroc`` (image score = max of its map), ``pixel_auroc`` and ``aupro``.
+
+    ``labels``: the image labels (1 = defective), from the dataset's folders; pass them, because a defective
+    image with an all-zero mask is still defective (anomaly_spec.md §0.6). Without them the label is
+    ``mask.any()`` (RD4AD's convention, for arrays that have no labels). A metric that is undefined for the
+    data (one class only) is NaN."""
     scores, masks = _check_maps(scores, masks)
     image_scores = torch.from_numpy(scores.reshape(len(scores), -1).max(1))
-    image_labels = torch.from_numpy(masks.reshape(len(masks), -1).any(1)).long()
+    if labels is None:
+        image_labels = torch.from_numpy(masks.reshape(len(masks), -1).any(1)).long()
+    else:
+        image_labels = torch.as_tensor(_as_numpy(labels)).long().reshape(-1)
+        if len(image_labels) != len(scores):
+            raise ValueError(f"{len(image_labels)} labels for {len(scores)} maps")
     pixel_scores, pixel_labels = torch.from_numpy(scores.ravel()), torch.from_numpy(masks.ravel()).long()
     both_classes = 0 < int(image_labels.sum()) < len(image_labels)
     return {

@@ -91,6 +91,22 @@ class Task(ABC):
         """What ``metrics.json["run"]`` says about the run (model, data, views ...)."""
         return {}
 
+    def extras(self, best: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics.json["extras"]`` of one fit; its ``rows`` ({label: {column: value}}) are printed beside the
+        run's own row (e.g. the anomaly task's trivial baseline)."""
+        return {}
+
+    # -- runs of several fits -----------------------------------------------------------------------------
+    def expand(self, cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+        """The fits one run stands for, as ``(label, cfg)`` (anomaly ``data.category=all``: one per category);
+        ``[]`` for a run of one fit (or one two-stage pipeline)."""
+        return []
+
+    def aggregate(self, cfg: DictConfig, parts: Mapping[str, Mapping[str, Any]]
+                  ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+        """``(metrics, per_class, extras)`` of an expanded run from its parts' ``metrics.json`` payloads."""
+        raise NotImplementedError(f"task {self.name!r} does not expand runs")
+
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: make ``cls()`` the task named ``cls.name``."""

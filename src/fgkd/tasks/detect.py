@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import fgkd
-from fgkd.config import ConfigError, to_plain
+from fgkd.config import ConfigError, to_plain, validate_detection
 from fgkd.engine import METRICS_SCHEMA, validate_once
 from fgkd.io import atomic_save
 from fgkd.lit.detection import VIEWS, DetectionModule
@@ -187,6 +187,7 @@ class DetectTask(Task):
                               "preprocess=rb_sf, the paper's best) or use kd.teacher_view=original for classical feature KD")
 
     def validate(self, cfg: DictConfig) -> None:
+        validate_detection(cfg)
         if self.needs_teacher(cfg) and str(cfg.stage) == "full" and not OmegaConf.select(cfg, "teacher.ckpt"):
             if self.kd_teacher_view(cfg) == "preprocessed":
                 self.require_combo(cfg, "kd.teacher_view=preprocessed (the teacher learns on X_M)")

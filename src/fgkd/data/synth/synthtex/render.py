@@ -132,13 +132,24 @@ def capsule(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 OBJECT_RENDERERS = {"washer": washer, "capsule": capsule}
 
 
+def illumination(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A per-image lighting field: global gain ~N(1, 0.05) and a linear gradient of up to ±7 % (camera and
+    lamp drift between shots). Cosine-distance features barely see it; a per-pixel distance sees it everywhere."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1) - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (x * np.cos(angle) + y * np.sin(angle)) * rng.uniform(0, 0.14)
+    return (rng.normal(1.0, 0.05) * (1 + ramp))[..., None].astype(np.float32)
+
+
 def render_normal(category: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """A defect-free image and, for objects, its foreground mask (defects are placed on the object)."""
     if category in TEXTURE_RENDERERS:
-        return TEXTURE_RENDERERS[category](rng, size), None
-    if category in OBJECT_RENDERERS:
-        return OBJECT_RENDERERS[category](rng, size)
-    raise ValueError(f"unknown SynthTex category {category!r}; choose from {', '.join(CATEGORIES)}")
+        image, fg = TEXTURE_RENDERERS[category](rng, size), None
+    elif category in OBJECT_RENDERERS:
+        image, fg = OBJECT_RENDERERS[category](rng, size)
+    else:
+        raise ValueError(f"unknown SynthTex category {category!r}; choose from {', '.join(CATEGORIES)}")
+    return np.clip(image * illumination(rng, size), 0, 1).astype(np.float32), fg
 
 
 # -- defects ---------------------------------------------------------------------------------------------
@@ -184,16 +195,16 @@ def apply_defect(category: str, defect: str, image: np.ndarray, fg: np.ndarray |
         width = 1 if defect == "scratch" else 2
         alpha = _stroke(rng, size, centre, size * rng.uniform(0.25, 0.45), width)
         sign = rng.choice([-1.0, 1.0]) if defect == "scratch" else -1.0
-        delta = sign * std * (1.2 if defect == "scratch" else 1.8)
+        delta = sign * std * (0.9 if defect == "scratch" else 1.2)
         out = image + alpha[..., None] * delta
         region = alpha
     elif defect == "hole":
         region = cv2.GaussianBlur(_blob(rng, size, centre, size * rng.uniform(0.03, 0.06)), (3, 3), 0)
-        inner = image * 0.55 + 0.05
+        inner = cv2.GaussianBlur(image, (5, 5), 0) * 0.78 + 0.04  # a shallow, shadowed pit: texture lost
         out = image * (1 - region[..., None]) + inner * region[..., None]
     elif defect == "stain":
         region = cv2.GaussianBlur(_blob(rng, size, centre, size * rng.uniform(0.07, 0.12)), (7, 7), 0)
-        tint = 1 + rng.choice([-1.0, 1.0]) * np.array([0.12, 0.06, -0.04]) * rng.uniform(0.8, 1.2)
+        tint = 1 + rng.choice([-1.0, 1.0]) * np.array([0.09, 0.04, -0.04]) * rng.uniform(0.8, 1.2)
         out = image * (1 - region[..., None]) + np.clip(image * tint, 0, 1) * region[..., None]
     elif defect == "colour":
         region = cv2.GaussianBlur(_blob(rng, size, centre, size * rng.uniform(0.1, 0.16)), (9, 9), 0)
