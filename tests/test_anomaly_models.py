@@ -175,8 +175,8 @@ def test_two_teacher_variants_rebuild_the_concatenated_teacher_maps(fusion, fuse
     model = ReverseDistillation("resnet18", "resnet18", decoder="inverse", attention=attention, r=8, fusion=fusion,
                                 fuse=fuse, oce_blocks=1, loss="pixel")
     assert model.target_channels == (128, 256, 512)
-    teacher, student = model(torch.randn(1, 3, 64, 64))
-    assert [tuple(t.shape) for t in teacher] == [(1, 128, 16, 16), (1, 256, 8, 8), (1, 512, 4, 4)]
+    teacher, student = model(torch.randn(2, 3, 64, 64))  # train mode: MS-CAM's pooled BN needs 2+ samples
+    assert [tuple(t.shape) for t in teacher] == [(2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
     assert [t.shape for t in teacher] == [s.shape for s in student]
     assert (model.iaff is not None) == (fusion == "per_teacher" and fuse == "iaff")
     assert len(model.mff) == (1 if fusion == "concat_first" else 2)

@@ -133,14 +133,20 @@ class AnomalyDataModule(pl.LightningDataModule):
         assert self.index is not None
         return AnomalyDataset(self.index.test, self.imgsz, self.mask_threshold)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          worker_init_fn=seed_worker, generator=generator, drop_last=False)
+                          worker_init_fn=seed_worker, generator=generator, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        train = self.train_set
+        if len(train) < 2:
+            raise DataError(f"{self.layout}/{self.category}: {len(train)} training image(s); BatchNorm in the "
+                            "bottleneck and MS-CAM needs at least 2")
+        # a last batch of one image would fail in train-mode BatchNorm (MS-CAM's pooled branch): drop only that
+        one_left = len(train) % self.batch_size == 1 and len(train) > self.batch_size
+        return self._loader(train, self.batch_size, shuffle=True, drop_last=one_left)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.val_batch_size, shuffle=False)
