@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exp.name}: {len(runs)} runs in {sweep_dir}", flush=True)
         sweeps.launch(runs, sweep_dir, options.get("launcher", "local"), extra,
                       n_jobs=int(options.get("n_jobs", 2)), slurm=slurm_options(options),
-                      echo=lambda line: print(line, flush=True))
+                      echo=lambda line: print(line, flush=True), keys=exp.metric_keys, names=exp.metric_names)
     results = sweeps.collect_results(exp, sweep_dir, scale, seeds)
     text = sweeps.write_outputs(exp, results, out_dir, command)
     print(text)

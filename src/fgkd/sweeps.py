@@ -37,7 +37,8 @@ from fgkd.io import atomic_open, atomic_save, atomic_write
 from fgkd.metrics.detection import DISPLAY_NAMES, FIVE_METRICS
 from fgkd.paths import project_root
 
-#: the paper tables' columns and headers: the detection task's (fgkd.metrics.detection names them once)
+#: the detection tables' columns and headers (fgkd.metrics.detection names them once); an experiment of another
+#: task (``sweep.task: anomaly``) takes that task's columns (:attr:`Experiment.metric_keys`)
 METRIC_KEYS = tuple(FIVE_METRICS)
 METRIC_NAMES = tuple(DISPLAY_NAMES[key] for key in METRIC_KEYS)
 SCALES = ("smoke", "dev", "paper")
@@ -100,6 +101,23 @@ class Experiment:
     params: dict[str, list[str]]
     layout: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def task(self) -> str:
+        return str(self.layout.get("task", "detect"))
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        from fgkd.tasks import get_task
+
+        return tuple(get_task(self.task).metric_columns)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        from fgkd.tasks import get_task
+
+        names = get_task(self.task).display_names
+        return tuple(names.get(k, k) for k in self.metric_keys)
+
     def runs(self, scale: str = "smoke", seeds: int = 1) -> list[Run]:
         keys = list(self.params)
         grid = itertools.product(*(self.params[k] for k in keys))
@@ -135,18 +153,24 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
 
 
 # ----------------------------------------------------------------------------------------------- results
-def read_metrics(run_dir: Path) -> dict[str, float] | None:
-    """The reported metrics of a finished run (``metrics.json["metrics"]``), or None when it has not finished."""
-    from fgkd.engine import read_metrics as read_payload
+def read_payload(run_dir: Path) -> dict[str, Any] | None:
+    """The whole ``metrics.json`` of a finished run, or None when it has not finished."""
+    from fgkd.engine import read_metrics as read_file
 
     path = run_dir / "metrics.json"
-    if not path.is_file():
+    return read_file(path) if path.is_file() else None
+
+
+def read_metrics(run_dir: Path, keys: Sequence[str] = METRIC_KEYS) -> dict[str, float] | None:
+    """The reported metrics ``keys`` of a finished run (``metrics.json["metrics"]``), or None when it has not finished."""
+    payload = read_payload(run_dir)
+    if payload is None:
         return None
-    metrics = read_payload(path)["metrics"]
-    missing = [k for k in METRIC_KEYS if k not in metrics]
+    metrics = payload["metrics"]
+    missing = [k for k in keys if k not in metrics]
     if missing:
-        raise ValueError(f"{path}: metrics lack {missing}; was it written by train.py of this task?")
-    return {k: float(metrics[k]) for k in METRIC_KEYS}
+        raise ValueError(f"{run_dir / 'metrics.json'}: metrics lack {missing}; was it written by train.py of this task?")
+    return {k: float(metrics[k]) for k in keys}
 
 
 @dataclass
@@ -156,15 +180,17 @@ class RunResult:
     metrics: dict[str, float] | None
     failed: bool = False
     log: Path | None = None
+    payload: dict[str, Any] | None = None
 
 
 def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int) -> list[RunResult]:
     results = []
     for run in exp.runs(scale, seeds):
         directory = run.directory(sweep_dir)
-        metrics = read_metrics(directory)
+        metrics = read_metrics(directory, exp.metric_keys)
         failed = metrics is None and (directory / "FAILED").exists()
-        results.append(RunResult(run, directory, metrics, failed, directory / "train.log"))
+        payload = read_payload(directory) if metrics is not None else None
+        results.append(RunResult(run, directory, metrics, failed, directory / "train.log", payload))
     return results
 
 
@@ -177,7 +203,7 @@ def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[st
     return [*program, *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
 
 
-def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
+def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = (), keys: Sequence[str] = METRIC_KEYS) -> RunResult:
     """Run ``train.py`` for one grid point in its own folder; output goes to ``<run>/train.log``.
 
     ``ckpt_path=auto`` comes first (an ``extra`` ``ckpt_path=...`` wins): a run killed earlier resumes from
@@ -194,7 +220,7 @@ def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = ()) -> RunResult:
         handle.flush()
         proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
                               cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    metrics = read_metrics(run_dir) if proc.returncode == 0 else None
+    metrics = read_metrics(run_dir, keys) if proc.returncode == 0 else None
     if metrics is None:
         (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
     return RunResult(run, run_dir, metrics, failed=metrics is None, log=log)
@@ -204,11 +230,11 @@ class _RequeueableRun:
     """submitit callable; on pre-emption or timeout submitit calls :meth:`checkpoint`, the job is resubmitted
     and ``train.py`` (started with ``ckpt_path=auto`` by :func:`run_one`) resumes from the run's last.ckpt."""
 
-    def __init__(self, run: Run, sweep_dir: Path, extra: Sequence[str]) -> None:
-        self.run, self.sweep_dir, self.extra = run, sweep_dir, list(extra)
+    def __init__(self, run: Run, sweep_dir: Path, extra: Sequence[str], keys: Sequence[str] = METRIC_KEYS) -> None:
+        self.run, self.sweep_dir, self.extra, self.keys = run, sweep_dir, list(extra), tuple(keys)
 
     def __call__(self) -> RunResult:
-        return run_one(self.run, self.sweep_dir, self.extra)
+        return run_one(self.run, self.sweep_dir, self.extra, self.keys)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -249,18 +275,21 @@ def slurm_parameters(options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Sequence[str] = (),
            n_jobs: int = 2, slurm: dict[str, Any] | None = None,
-           echo: Callable[[str], None] = print) -> list[RunResult]:
-    """Run what is missing; a progress line per run (skipped, done with its mAP, or failed with its log).
+           echo: Callable[[str], None] = print, keys: Sequence[str] = METRIC_KEYS,
+           names: Sequence[str] | None = None) -> list[RunResult]:
+    """Run what is missing; a progress line per run (skipped, done with its first metric, or failed with its log).
 
+    ``keys`` / ``names``: the experiment's metric columns and headers (:attr:`Experiment.metric_keys`).
     ``slurm``: sweep.py's ``slurm.<option>`` values (see :func:`slurm_parameters`) for ``launcher=slurm``.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
+    first, first_name = keys[0], (names or METRIC_NAMES)[0]
     todo, results = [], []
     for i, run in enumerate(runs, 1):
-        metrics = read_metrics(run.directory(sweep_dir))
+        metrics = read_metrics(run.directory(sweep_dir), keys)
         if metrics is not None:
-            echo(f"[{i}/{len(runs)}] {run.describe()}: finished earlier (mAP {metrics['map']:.3f}), skipped")
+            echo(f"[{i}/{len(runs)}] {run.describe()}: finished earlier ({first_name} {metrics[first]:.3f}), skipped")
             results.append(RunResult(run, run.directory(sweep_dir), metrics))
         else:
             todo.append(run)
@@ -268,7 +297,7 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
         return results
 
     def report(index: int, result: RunResult, seconds: float) -> None:
-        what = (f"done in {seconds:.0f}s (mAP {result.metrics['map']:.3f})" if result.metrics
+        what = (f"done in {seconds:.0f}s ({first_name} {result.metrics[first]:.3f})" if result.metrics
                 else f"FAILED after {seconds:.0f}s, log: {result.log}")
         echo(f"[{index}/{len(todo)} new] {result.run.describe()}: {what}")
 
@@ -276,7 +305,7 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
         for i, run in enumerate(todo, 1):
             echo(f"[{i}/{len(todo)} new] {run.describe()}: running in {run.directory(sweep_dir)}")
             start = time.monotonic()
-            result = run_one(run, sweep_dir, extra)
+            result = run_one(run, sweep_dir, extra, keys)
             report(i, result, time.monotonic() - start)
             results.append(result)
     elif launcher == "joblib":
@@ -284,7 +313,7 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
 
         def timed(run: Run) -> tuple[RunResult, float]:
             start = time.monotonic()
-            return run_one(run, sweep_dir, extra), time.monotonic() - start
+            return run_one(run, sweep_dir, extra, keys), time.monotonic() - start
 
         echo(f"launching {len(todo)} runs, {n_jobs} at a time (joblib)")
         for i, (result, seconds) in enumerate(
@@ -300,7 +329,7 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
                                "slurm.cluster=local to run the same jobs through submitit on this machine")
         executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit" / "%j", cluster=cluster)
         executor.update_parameters(**params)
-        jobs = executor.submit_array([_RequeueableRun(r, sweep_dir, extra) for r in todo])
+        jobs = executor.submit_array([_RequeueableRun(r, sweep_dir, extra, keys) for r in todo])
         echo(f"submitted {len(jobs)} jobs to {cluster} ({jobs[0].job_id.split('_')[0] if jobs else '-'}, "
              f"logs in {sweep_dir / '.submitit'}); waiting")
         for i, job in enumerate(jobs, 1):
@@ -314,7 +343,7 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
 # ----------------------------------------------------------------------------------------------- tables
 def _label(run: Run, layout: dict[str, Any], keys: Iterable[str]) -> str:
     labels = layout.get("labels") or {}
-    values = {k.split(".")[-1]: str(labels.get(k, {}).get(v, v)) for k, v in run.params if k in keys}
+    values = {k.split(".")[-1].lstrip("+~"): str(labels.get(k, {}).get(v, v)) for k, v in run.params if k in keys}
     template = layout.get("row")
     if template:
         return template.format(**values)
@@ -366,18 +395,65 @@ def build_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], l
                     row.append("—")
             rows.append(row)
         return header, rows, failed
+    if layout.get("kind") == "per_category":
+        return _per_category_table(exp, results) + (failed,)
+    keys, names = exp.metric_keys, exp.metric_names
     row_keys = [k for k in exp.params if k != "seed"]
-    grouped_rows: dict[str, list[dict[str, float]]] = {}
+    grouped_rows: dict[str, list[RunResult]] = {}
     for r in results:
         grouped_rows.setdefault(_label(r.run, layout, row_keys), [])
         if r.metrics:
-            grouped_rows[_label(r.run, layout, row_keys)].append(r.metrics)
-    header = [layout.get("row_title", "Method"), *METRIC_NAMES]
+            grouped_rows[_label(r.run, layout, row_keys)].append(r)
+    header = [layout.get("row_title", "Method"), *names]
+    if layout.get("group_means"):  # anomaly: paper 001's "Average" = mean of the texture and object means
+        header += [f"{name} (T/O)" for name in names]
+    paper = layout.get("paper") or {}
+    if paper:
+        header.append("paper")
     rows = []
-    for label, metric_list in grouped_rows.items():
-        rows.append([label] + ([_fmt([m[k] for m in metric_list]) for k in METRIC_KEYS] if metric_list
-                               else ["—"] * len(METRIC_KEYS)))
+    for label, done in grouped_rows.items():
+        row = [label] + ([_fmt([r.metrics[k] for r in done]) for k in keys] if done else ["—"] * len(keys))
+        if layout.get("group_means"):
+            means = [_group_mean(r) for r in done]
+            row += [_fmt([m[k] for m in means if m]) if any(means) else "—" for k in keys]
+        if paper:
+            row.append(str(paper.get(label, "—")))
+        rows.append(row)
     return header, rows, failed
+
+
+def _group_mean(result: RunResult) -> dict[str, float] | None:
+    groups = ((result.payload or {}).get("extras") or {}).get("group_means") or {}
+    return groups.get("mean_of_groups")
+
+
+def _per_category_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    """Rows = categories (then the class mean and the texture/object mean), columns = models × metrics, each
+    cell ``I / P / PRO`` (paper 001 Tables 1-3 side by side)."""
+    layout = exp.layout
+    keys = exp.metric_keys
+    row_keys = [k for k in exp.params if k != "seed"]
+    columns: dict[str, RunResult] = {}
+    for r in results:
+        columns.setdefault(_label(r.run, layout, row_keys), r)
+    categories: list[str] = []
+    for r in columns.values():
+        for name in (r.payload or {}).get("per_class") or {}:
+            if name not in categories:
+                categories.append(name)
+
+    def cell(values: dict[str, float] | None) -> str:
+        return " / ".join(f"{values[k]:.3f}" for k in keys) if values else "—"
+
+    header = [layout.get("row_title", "Category")] + [f"{label} ({' / '.join(exp.metric_names)})" for label in columns]
+    rows = [[name] + [cell(((r.payload or {}).get("per_class") or {}).get(name)) for r in columns.values()]
+            for name in categories]
+    rows.append([f"mean ({len(categories)} classes)"] + [cell(r.metrics) for r in columns.values()])
+    rows.append(["mean of texture/object means"] + [cell(_group_mean(r)) for r in columns.values()])
+    paper = layout.get("paper") or {}
+    if paper:
+        rows.append(["paper"] + [str(paper.get(dict(r.run.params).get("model", ""), "—")) for r in columns.values()])
+    return header, rows
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
