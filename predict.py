@@ -1,6 +1,8 @@
-"""Mask-free inference: `python predict.py ckpt=outputs/runs/<run>/student/detector.pt source=imgs/`.
+"""Inference without masks or labels: `python predict.py ckpt=<run>/student/detector.pt source=imgs/` (boxes) or
+`python predict.py ckpt=<run>/anomaly.pt source=imgs/` (anomaly maps and image scores).
 
-Thin Hydra entry point over fgkd.predict (options in conf/predict.yaml).
+Thin Hydra entry point over fgkd.predict / fgkd.predict_anomaly (options in conf/predict.yaml); the kind of
+model file picks the task.
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from fgkd.predict import predict
+    from fgkd.predict import iter_images, predict
+    from fgkd.predict_anomaly import is_anomaly_artifact, predict_anomaly
 
     for key in ("ckpt", "source"):
         if not cfg.get(key):
             raise SystemExit(f"predict.py needs {key}=… (e.g. ckpt=outputs/runs/<run>/student/detector.pt source=imgs/)")
-    out = predict(cfg.ckpt, cfg.source, cfg.out_dir, imgsz=int(cfg.imgsz), conf=float(cfg.conf), iou=float(cfg.iou),
-                  max_det=int(cfg.max_det), device=str(cfg.device), save_images=bool(cfg.save_images))
+    if is_anomaly_artifact(cfg.ckpt):
+        out = predict_anomaly(cfg.ckpt, iter_images(cfg.source), cfg.out_dir, imgsz=cfg.imgsz,
+                              threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images))
+        print(f"scores: {out / 'scores.csv'} (and predictions.json), heat maps: {out / 'images'}")
+        return
+    out = predict(cfg.ckpt, cfg.source, cfg.out_dir, imgsz=int(cfg.imgsz or 640), conf=float(cfg.conf),
+                  iou=float(cfg.iou), max_det=int(cfg.max_det), device=str(cfg.device), save_images=bool(cfg.save_images))
     print(f"predictions: {out / 'predictions.json'} (csv beside it), annotated images: {out / 'images'}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,20 @@ def test_train_py_anomaly_prints_the_metrics_beside_the_baseline_and_exports_a_f
     again = anomaly_metrics(maps, torch.stack([b["masks"] for b in batch]).bool(), torch.stack([b["labels"] for b in batch]))
     for column in COLUMNS:
         assert again[column] == pytest.approx(payload["metrics"][column], abs=1e-5)
+
+    # predict.py on a folder without labels: one score per image, the model's own score, heat-map PNGs
+    folder = test.samples[0].image.parent
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), f"ckpt={run / 'anomaly.pt'}",
+                           f"source={folder}", "threshold=0.5", f"hydra.run.dir={tmp_path / 'pred'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    files = sorted(folder.glob("*.png"))
+    assert [Path(r["image"]).name for r in predictions["images"]] == [f.name for f in files]
+    assert predictions["imgsz"] == 64 and all("defective" in r for r in predictions["images"])
+    first = next(i for i, s in enumerate(test.samples) if s.image == files[0])
+    assert predictions["images"][0]["score"] == pytest.approx(float(maps[first].max()), abs=1e-4)
+    assert len(list((tmp_path / "pred" / "images").glob("*.png"))) == len(files)
 
 
 def test_category_all_trains_one_model_per_category_averages_and_resumes(compose_train, capsys):

@@ -36,11 +36,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(path: str | os.PathLike[str], imgsz: int) -> np.ndarray:
-    """RGB uint8 ``[imgsz, imgsz, 3]`` (bilinear; INTER_AREA when shrinking, like an antialiased resize)."""
-    image = read_image(path)
+def resize_square(image: np.ndarray, imgsz: int) -> np.ndarray:
+    """``[imgsz, imgsz, 3]`` (bilinear; INTER_AREA when shrinking, like an antialiased resize)."""
     shrink = image.shape[0] > imgsz or image.shape[1] > imgsz
     return cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def load_rgb(path: str | os.PathLike[str], imgsz: int) -> np.ndarray:
+    """RGB uint8 ``[imgsz, imgsz, 3]`` of an image file (:func:`resize_square`)."""
+    return resize_square(read_image(path), imgsz)
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:

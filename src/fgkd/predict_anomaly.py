@@ -1,0 +1,79 @@
+"""Anomaly maps for images without labels, from an exported anomaly model (``anomaly.pt``) or its checkpoint.
+
+Each image is resized to the model's training size (square, as in training), ImageNet-normalised, mapped
+(blurred 1 − cos maps, summed over scales) and scored (map maximum); the map is resized back to the image's own
+size for the overlay. Writes ``predictions.json`` / ``scores.csv`` (with ``defective`` when a ``threshold`` is
+given) and per image ``images/<stem>.png`` (image | heat-map overlay, one colour scale for the whole run).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fgkd.data.anomaly_datamodule import normalize, resize_square
+from fgkd.data.imageio import read_image
+from fgkd.io import atomic_write_json
+from fgkd.tasks.anomaly import load_anomaly_model
+
+
+def is_anomaly_artifact(path: str | os.PathLike[str]) -> bool:
+    try:
+        payload = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - the detection loader reports unreadable files
+        return False
+    return isinstance(payload, dict) and (payload.get("task") == "anomaly"
+                                          or "anomaly_model" in (payload.get("hyper_parameters") or {}))
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    scaled = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return np.concatenate([image, (0.5 * image + 0.5 * heat).astype(np.uint8)], axis=1)
+
+
+def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: str | os.PathLike[str], *,
+                    imgsz: int | None = None, threshold: float | None = None, device: str = "auto",
+                    batch_size: int = 8, save_images: bool = True) -> Path:
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    model, info = load_anomaly_model(ckpt)
+    model.to(target).eval()
+    size = int(imgsz or info.get("imgsz") or 256)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records, maps = [], []
+    for start in tqdm(range(0, len(files), batch_size), desc="anomaly maps", unit="batch"):
+        chunk = files[start:start + batch_size]
+        images = [read_image(p) for p in chunk]
+        batch = torch.stack([normalize(resize_square(im, size)) for im in images]).to(target)
+        batch_maps, scores = model.predict(batch)
+        for path, image, amap, score in zip(chunk, images, batch_maps.cpu().numpy(), scores.cpu().tolist(), strict=True):
+            record = {"image": str(path), "score": round(float(score), 6)}
+            if threshold is not None:
+                record["defective"] = bool(score > threshold)
+            records.append(record)
+            maps.append((path, image, amap))
+    if save_images and maps:
+        vmin = float(np.percentile(np.stack([m for _, _, m in maps]), 1))
+        vmax = float(max(m.max() for _, _, m in maps))
+        for path, image, amap in maps:
+            full = cv2.resize(amap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            png = out / "images" / f"{path.stem}.png"
+            if not cv2.imwrite(str(png), cv2.cvtColor(overlay(image, full, vmin, vmax), cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {png}")
+    atomic_write_json(out / "predictions.json", {"ckpt": str(ckpt), "task": "anomaly", "imgsz": size,
+                                                 "threshold": threshold, "model": info.get("model"),
+                                                 "trained_on": info.get("data"), "images": records})
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "score", *(["defective"] if threshold is not None else [])])
+        for rec in records:
+            writer.writerow([rec["image"], rec["score"], *([rec["defective"]] if threshold is not None else [])])
+    return out
