@@ -128,3 +128,31 @@ def test_the_anomaly_presets_compose(compose_train):
     assert (rd.model.decoder, rd.model.loss, rd.model.recipe.scheduler.name) == ("de_resnet", "flat", "none")
     assert (rd.imgsz, rd.epochs, rd.batch_size) == (256, 200, 16)
     assert list(cfg.metrics) == COLUMNS and cfg.optimized_metric == "val/image_auroc"
+
+
+def test_ddp_validation_gathers_the_whole_test_set_once(tmp_path, fgkd_cache):
+    """2 CPU processes (gloo, ddp_spawn): each rank maps its shard of the 9 test images (the sampler pads one
+    repeat); the gathered, de-duplicated metrics equal one process's metrics of the final model on the full set."""
+    from fgkd.data.anomaly_datamodule import AnomalyDataModule
+    from fgkd.engine import read_metrics
+    from fgkd.metrics.anomaly import anomaly_metrics
+    from fgkd.tasks.anomaly import load_anomaly_model
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY, *SMALL_RD, "trainer=ddp_cpu",
+                           "batch_size=2", "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false",
+                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reported = read_metrics(run / "metrics.json")["metrics"]
+    model, _ = load_anomaly_model(run / "anomaly.pt")
+    dm = AnomalyDataModule("synthtex", category="woven", imgsz=64, num_workers=0, cache_root=str(fgkd_cache),
+                           synthtex={"categories": ["woven", "washer"], "size": 64, "num_train": 8,
+                                     "num_test_good": 3, "num_test_per_defect": 2})
+    test = dm.test_set
+    assert len(test) == 9
+    batch = [test[i] for i in range(len(test))]
+    maps, _ = model.predict(torch.stack([b["images"] for b in batch]))
+    expected = anomaly_metrics(maps, torch.stack([b["masks"] for b in batch]).bool(), torch.stack([b["labels"] for b in batch]))
+    for column in COLUMNS:
+        assert reported[column] == pytest.approx(expected[column], abs=1e-5)
