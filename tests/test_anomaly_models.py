@@ -21,7 +21,11 @@ from fgkd.models.anomaly.components.anomaly_map import (
 from fgkd.models.anomaly.components.bottleneck import MultiScaleFusion, OneClassEmbedding
 from fgkd.models.anomaly.components.decoders import DeResNet, InverseBlock, InverseBlockDecoder
 from fgkd.models.anomaly.components.encoder import FrozenEncoder, RandomEncoderWarning
-from fgkd.models.anomaly.reverse_distillation.loss import flat_cosine_loss, pixel_cosine_loss, reverse_distillation_loss
+from fgkd.models.anomaly.reverse_distillation.loss import (
+    flat_cosine_loss,
+    pixel_cosine_loss,
+    reverse_distillation_loss,
+)
 from fgkd.models.anomaly.reverse_distillation.torch_model import ReverseDistillation
 
 
@@ -104,8 +108,10 @@ def test_loss_forms_match_their_formulas():
     torch.manual_seed(0)
     teacher = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
     student = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
-    flat = sum(float(np.mean([1 - np.dot(t[b].ravel(), s[b].ravel()) / np.linalg.norm(t[b]) / np.linalg.norm(s[b])
-                              for b in range(2)])) for t, s in zip([t.numpy() for t in teacher], [s.numpy() for s in student]))
+    flat = 0.0
+    for t, s in zip(teacher, student, strict=True):
+        tn, sn = t.numpy().reshape(2, -1), s.numpy().reshape(2, -1)
+        flat += float(np.mean(1 - (tn * sn).sum(1) / np.linalg.norm(tn, axis=1) / np.linalg.norm(sn, axis=1)))
     pixel = 0.0
     for t, s in zip(teacher, student, strict=True):
         tn, sn = t.numpy(), s.numpy()

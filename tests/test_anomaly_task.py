@@ -156,3 +156,22 @@ def test_ddp_validation_gathers_the_whole_test_set_once(tmp_path, fgkd_cache):
     expected = anomaly_metrics(maps, torch.stack([b["masks"] for b in batch]).bool(), torch.stack([b["labels"] for b in batch]))
     for column in COLUMNS:
         assert reported[column] == pytest.approx(expected[column], abs=1e-5)
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint(compose_train):
+    """ckpt_path=auto: a 1-epoch run continued to 2 epochs keeps epoch 0's record and trains only epoch 1."""
+    from fgkd.engine import read_metrics
+    from fgkd.pipeline import run
+
+    first = compose_train(*TINY, *SMALL_RD, "trainer.enable_progress_bar=false")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(first)
+        out = Path(first.paths.output_dir)
+        epoch0 = read_metrics(out / "metrics.json")["history"]
+        resumed = compose_train(*TINY, *SMALL_RD, "trainer.enable_progress_bar=false", "epochs=2", "ckpt_path=auto")
+        run(resumed)
+    history = read_metrics(out / "metrics.json")["history"]
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert history[0] == epoch0[0]
+    assert read_metrics(out / "metrics.json")["epoch"] == 1  # the last epoch is the reported one

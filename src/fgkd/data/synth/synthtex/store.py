@@ -16,7 +16,14 @@ import cv2
 from tqdm import tqdm
 
 from fgkd import io, paths
-from fgkd.data.synth.synthtex.render import CATEGORIES, DEFECTS, apply_defect, render_normal, rng_for, to_uint8
+from fgkd.data.synth.synthtex.render import (
+    CATEGORIES,
+    DEFECTS,
+    apply_defect,
+    render_normal,
+    rng_for,
+    to_uint8,
+)
 
 GENERATOR_VERSION = "1.0"  # bump on ANY change to the drawn pixels or the layout: it keys every cache
 
