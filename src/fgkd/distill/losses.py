@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -252,6 +253,7 @@ class MMDLoss(KDLoss):
         if bandwidth is not None and bandwidth <= 0:
             raise ValueError(f"mmd: bandwidth must be > 0 or null (data-driven), got {bandwidth}")
         self.variant = variant
+        self._warned_batch_of_one = False
         self.kernel_mul = float(kernel_mul)
         self.kernel_num = int(kernel_num)
         self.bandwidth = bandwidth
@@ -281,14 +283,21 @@ class MMDLoss(KDLoss):
         if self.variant == "linear":
             return (x.mean(0) - y.mean(0)).pow(2).sum()
         batch = x.shape[0]
-        z = torch.cat([x, y])
-        # Gram form of the pairwise squared distances: O(B² D) time, no [2B, 2B, D] intermediate; the clamp
-        # removes tiny negative round-off.
-        sq_norms = z.pow(2).sum(1)
-        sq_dists = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
-        kernel = sum(torch.exp(-sq_dists / bandwidth) for bandwidth in self.bandwidths(sq_dists))
+        if batch < 2 and self.bandwidth is None:
+            if not self._warned_batch_of_one:
+                warnings.warn("mmd (mk_rbf): a batch of one image has no distribution to match; its KD term is 0 "
+                              "(use batch_size >= 2 per device, or a fixed kd.params.bandwidth)", stacklevel=2)
+                self._warned_batch_of_one = True
+            return (x.sum() + y.sum()) * 0.0
+        # In float64 (2B samples: O(B² D), cheap next to the network) from the differences of the centred
+        # samples, and the kernel as k − 1 (expm1): MMD² of close distributions is a tiny difference of kernel
+        # means near 1, which fp32 sums of squared distances cannot resolve.
+        z = torch.cat([x, y]).double()
+        z = z - z.mean(0, keepdim=True).detach()  # distances are translation invariant
+        sq_dists = torch.cdist(z[None], z[None], compute_mode="donot_use_mm_for_euclid_dist")[0].pow(2)
+        kernel = sum(torch.expm1(-sq_dists / bandwidth) for bandwidth in self.bandwidths(sq_dists))
         k_xx, k_yy, k_xy = kernel[:batch, :batch], kernel[batch:, batch:], kernel[:batch, batch:]
-        return k_xx.mean() + k_yy.mean() - 2.0 * k_xy.mean()
+        return (k_xx.mean() + k_yy.mean() - 2.0 * k_xy.mean()).to(x.dtype)
 
     @staticmethod
     def _nst(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
