@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -26,11 +27,17 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 #: prefix of the per-class AP keys (``ap/<class_name>``)
 PER_CLASS_PREFIX = "ap/"
+#: COCO's IoU (0.50:0.05:0.95) and recall (0:0.01:1) thresholds as float64 Python numbers, as pycocotools
+#: builds them (np.linspace, float64). torchmetrics' defaults come from float32 tensors (0.6 -> 0.6000000238),
+#: which puts a match at IoU exactly 0.6, or a recall of exactly k/n, on the wrong side.
+IOU_THRESHOLDS: list[float] = [float(v) for v in np.linspace(0.5, 0.95, 10)]
+REC_THRESHOLDS: list[float] = [float(v) for v in np.linspace(0.0, 1.0, 101)]
 
 
 def build_map_metric(**overrides: Any) -> MeanAveragePrecision:
     """COCO mAP over IoU 0.50:0.95 with per-class AP, on the faster_coco_eval backend (≈4-5× pycocotools)."""
-    kwargs: dict[str, Any] = dict(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
+    kwargs: dict[str, Any] = dict(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval",
+                                  iou_thresholds=list(IOU_THRESHOLDS), rec_thresholds=list(REC_THRESHOLDS))
     kwargs.update(overrides)
     metric = MeanAveragePrecision(**kwargs)
     # Low-confidence predictions (conf 0.001, up to 300 per image) are the COCO protocol; COCOeval keeps the
