@@ -114,6 +114,39 @@ def test_tal_overlap_goes_to_metric_winner_when_topk_excludes_it():
     assert out.fg_mask[0].nonzero().flatten().tolist() == [0, 10]
 
 
+def test_tal_anchor_claimed_by_several_gts_goes_to_the_highest_overlap_of_all_gts():
+    """Issue 15.2: 2 anchors, 3 gts, top-k 1. gt0 and gt1 (small, class 0) both pick anchor 0; gt2 (contains
+    both anchors, class 1) picks anchor 1 by its score. Anchor 0's IoU with gt2 (1.0) beats gt0/gt1 (0.405):
+    the references give anchor 0 to gt2 although gt2's top-k did not pick it -> gt_idx [2, 2]."""
+    anchors = torch.tensor([[5.0, 5.0], [15.0, 5.0]])
+    pred_boxes = torch.tensor([[[0.0, 0.0, 20.0, 10.0], [0.0, 0.0, 20.0, 10.0]]])
+    scores = torch.tensor([[[0.9, 0.1], [0.9, 0.9]]])
+    targets = torch.tensor([[0, 0, 0, 0, 9, 9], [0, 0, 1, 1, 10, 10], [0, 1, 0, 0, 20, 10]], dtype=torch.float32)
+    labels, boxes, mask = pad_targets(targets, 1, 2)
+    out = TaskAlignedAssigner(1, 2, 1.0, 1.0, iou_kind="iou")(scores, pred_boxes, anchors, labels, boxes, mask)
+    assert out.fg_mask[0].tolist() == [True, True]
+    assert out.target_gt_idx[0].tolist() == [2, 2]
+    assert out.target_labels[0].tolist() == [1, 1]
+
+
+def test_tal_min_candidate_size_gives_tiny_gts_positives():
+    """Issue 15.3: a 6 px gt between the stride-8 anchor points contains none of them: no positive at all;
+    widened to 16 px for candidate selection (Ultralytics 8.4) it gets the 4 surrounding anchors."""
+    anchors, _ = grid(32, [8])  # points at 4, 12, 20, 28
+    targets = torch.tensor([[0, 0, 13, 13, 19, 19]], dtype=torch.float32)  # 6 px: centre 16, no point inside
+    labels, boxes, mask = pad_targets(targets, 1, 1)
+    pred_boxes = torch.tensor([8.0, 8.0, 24.0, 24.0]).repeat(1, len(anchors), 1)
+    scores = torch.full((1, len(anchors), 1), 0.5)
+    plain = TaskAlignedAssigner(10, 1, 0.5, 6.0, iou_kind="ciou")(scores, pred_boxes, anchors, labels, boxes, mask)
+    assert int(plain.fg_mask.sum()) == 0
+    widened = TaskAlignedAssigner(10, 1, 0.5, 6.0, iou_kind="ciou", min_candidate_size=16)(
+        scores, pred_boxes, anchors, labels, boxes, mask)
+    assert sorted(widened.fg_mask[0].nonzero().flatten().tolist()) == [5, 6, 9, 10]
+    assert widened.target_boxes[0, 5].tolist() == [13, 13, 19, 19]  # the targets keep the real box
+    with pytest.raises(ValueError, match="min_candidate_size"):
+        TaskAlignedAssigner(min_candidate_size=-1)
+
+
 def random_case(seed: int, batch: int = 2, gts: int = 4, size: int = 64):
     gen = torch.Generator().manual_seed(seed)
     anchors, strides = grid(size, [8, 16, 32])
@@ -157,7 +190,10 @@ def tal_reference(scores, pred_boxes, anchors, targets, topk, alpha, beta, num_c
         for g, anchor_list in picked.items():
             for a in anchor_list:
                 owners.setdefault(a, []).append(g)
-        final = {a: max(gs, key=lambda g: ious[g, a]) for a, gs in owners.items()}
+        # an anchor picked by several gts: the gt of highest IoU among ALL gts containing it (Ultralytics /
+        # YOLOv6 select_highest_overlaps), even one whose top-k did not pick it
+        final = {a: (gs[0] if len(gs) == 1 else max((g for g in range(len(gts)) if (g, a) in ious),
+                                                    key=lambda g: ious[g, a])) for a, gs in owners.items()}
         for g in picked:
             mine = [a for a, owner in final.items() if owner == g]
             if not mine:
@@ -260,7 +296,13 @@ def atss_reference(anchors, strides, targets, batch, topk, scale):
                 if ious[a] >= threshold and inside(anchors[a].tolist(), box):
                     positives.setdefault(a, []).append((ious[a], g))
         for a, owners in positives.items():
-            assigned[b, a] = max(owners)[1]
+            if len(owners) == 1:
+                assigned[b, a] = owners[0][1]
+                continue
+            half = strides[a, 0].item() * scale / 2
+            anchor_box = torch.cat((anchors[a] - half, anchors[a] + half))
+            # several gts: the one of highest anchor-box IoU among all gts (select_highest_overlaps)
+            assigned[b, a] = max(range(len(gts)), key=lambda g: bbox_iou(torch.tensor(gts[g]), anchor_box, "iou").item())
     return assigned
 
 

@@ -62,6 +62,15 @@ def pad_targets(
     return gt_labels, gt_boxes, mask_gt
 
 
+def enlarge_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """``boxes [..., 4]`` xyxy with every side shorter than ``min_size`` widened to it about the box centre."""
+    if min_size <= 0:
+        return boxes
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    half = (boxes[..., 2:] - boxes[..., :2]).clamp(min=min_size) / 2
+    return torch.cat((centre - half, centre + half), -1)
+
+
 def points_in_boxes(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """``points [A, 2]`` strictly inside ``boxes [B, G, 4]`` -> bool ``[B, G, A]``."""
     px, py = points[:, 0], points[:, 1]
@@ -77,12 +86,14 @@ def _resolve_and_gather(
     gt_boxes: torch.Tensor,
     num_classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep, for an anchor picked by several gts, only the gt with the highest IoU among them;
-    then gather each anchor's gt label/box. Returns (mask_pos, labels, boxes, fg_mask, gt_idx)."""
+    """An anchor picked by several gts goes to the gt of highest ``overlaps`` among *all* gts (those that
+    did not pick it included), as Ultralytics' and YOLOv6's ``select_highest_overlaps``: for TAL the overlaps
+    are non-zero only for the gts that contain the anchor; for ATSS they are the anchor box's IoU with every
+    gt. Then gather each anchor's gt label/box. Returns (mask_pos, labels, boxes, fg_mask, gt_idx)."""
     num_gts = mask_pos.shape[1]
     multiple = mask_pos.sum(1) > 1  # [B, A]
     # (max(1).indices rather than argmax(1): argmax over a non-last dim is ~10x slower on CPU)
-    best_gt = overlaps.masked_fill(~mask_pos, -1.0).max(1).indices  # [B, A], among the gts that picked it
+    best_gt = overlaps.max(1).indices  # [B, A], over every gt
     best_one_hot = F.one_hot(best_gt, num_gts).transpose(1, 2).bool()  # [B, G, A]
     mask_pos = torch.where(multiple[:, None, :], best_one_hot, mask_pos)
 
@@ -108,8 +119,11 @@ def _background(batch: int, anchors: int, num_classes: int, like: torch.Tensor) 
 class TaskAlignedAssigner:
     """Task-aligned assignment (TOOD). For each gt, among anchor points strictly inside it, pick the
     ``topk`` anchors by ``t = s^alpha * IoU^beta`` (s: predicted score of the gt's class, IoU: predicted
-    box vs gt); an anchor picked by several gts goes to the one with the largest IoU; the soft target
-    of a positive is ``t * max_IoU(gt) / max_t(gt)`` (normalised per gt).
+    box vs gt); an anchor picked by several gts goes to the gt of largest IoU among all gts containing it;
+    the soft target of a positive is ``t * max_IoU(gt) / max_t(gt)`` (normalised per gt).
+    ``min_candidate_size`` (px, 0 = off): for choosing the candidate anchors only, a gt side shorter than it
+    is widened to it about the centre (Ultralytics 8.4 uses 16 px: a 10 px gt on the stride-8 grid may
+    contain no anchor point at all); the IoU and the targets use the real box.
 
     YOLOv8: ``topk=10, alpha=0.5, beta=6, iou_kind="ciou"`` (CIoU clamped >= 0);
     YOLOv6: ``topk=13, alpha=1, beta=6, iou_kind="iou"``.
@@ -123,9 +137,13 @@ class TaskAlignedAssigner:
         beta: float = 6.0,
         eps: float = 1e-9,
         iou_kind: str = "ciou",
+        min_candidate_size: float = 0.0,
     ) -> None:
         if iou_kind not in ("iou", "ciou"):
             raise ValueError(f"TaskAlignedAssigner iou_kind must be 'iou' or 'ciou', got {iou_kind!r}")
+        if min_candidate_size < 0:
+            raise ValueError(f"min_candidate_size must be >= 0 px, got {min_candidate_size}")
+        self.min_candidate_size = float(min_candidate_size)
         self.topk, self.num_classes = topk, num_classes
         self.alpha, self.beta, self.eps, self.iou_kind = alpha, beta, eps, iou_kind
 
@@ -147,7 +165,8 @@ class TaskAlignedAssigner:
             return _background(batch, num_anchors, self.num_classes, pred_scores)
 
         labels = gt_labels.squeeze(-1).long()  # [B, G]
-        candidates = points_in_boxes(anchors, gt_boxes) & mask_gt.bool()  # [B, G, A]
+        candidate_boxes = enlarge_small_boxes(gt_boxes, self.min_candidate_size)
+        candidates = points_in_boxes(anchors, candidate_boxes) & mask_gt.bool()  # [B, G, A]
         # IoU and scores only on the (few) gt/anchor pairs with the anchor inside the gt
         b_idx, g_idx, a_idx = candidates.nonzero(as_tuple=True)
         pair_iou = bbox_iou(gt_boxes[b_idx, g_idx], pred_boxes[b_idx, a_idx], self.iou_kind).clamp_(min=0)

@@ -90,13 +90,15 @@ class YOLOv8Loss:
         alpha: float = 0.5,
         beta: float = 6.0,
         scale_by_batch_size: bool = True,
+        min_candidate_size: float = 0.0,
     ) -> None:
         if bins < 2:
             raise ValueError(f"YOLOv8Loss needs DFL bins >= 2, got bins={bins}")
         self.num_classes, self.bins = num_classes, bins
         self.box_gain, self.cls_gain, self.dfl_gain = box_gain, cls_gain, dfl_gain
         self.scale_by_batch_size = scale_by_batch_size
-        self.assigner = TaskAlignedAssigner(topk, num_classes, alpha, beta, iou_kind="ciou")
+        self.assigner = TaskAlignedAssigner(topk, num_classes, alpha, beta, iou_kind="ciou",
+                                            min_candidate_size=min_candidate_size)
 
     def __call__(
         self, raw: Mapping[str, Any], targets: torch.Tensor, epoch: int | None = None
@@ -166,6 +168,7 @@ class YOLOv6Loss:
         beta: float = 6.0,
         atss_warmup_epochs: int = 0,
         atss_topk: int = 9,
+        min_candidate_size: float = 0.0,
     ) -> None:
         if iou_type not in ("siou", "giou", "ciou", "diou", "iou"):
             raise ValueError(f"YOLOv6Loss iou_type must be one of siou/giou/ciou/diou/iou, got {iou_type!r}")
@@ -174,7 +177,8 @@ class YOLOv6Loss:
         self.num_classes, self.bins, self.iou_type = num_classes, bins, iou_type
         self.cls_weight, self.iou_weight, self.dfl_weight = cls_weight, iou_weight, dfl_weight
         self.atss_warmup_epochs = atss_warmup_epochs
-        self.tal = TaskAlignedAssigner(topk, num_classes, alpha, beta, iou_kind="iou")
+        self.tal = TaskAlignedAssigner(topk, num_classes, alpha, beta, iou_kind="iou",
+                                       min_candidate_size=min_candidate_size)
         self.atss = ATSSAssigner(atss_topk, num_classes)
 
     def __call__(

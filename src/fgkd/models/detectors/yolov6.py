@@ -294,7 +294,8 @@ class YOLOv6(Detector):
     deploy = fuse
 
 
-_LOSS_KEYS = ("cls_weight", "iou_weight", "dfl_weight", "topk", "alpha", "beta", "atss_warmup_epochs")
+_LOSS_KEYS = ("cls_weight", "iou_weight", "dfl_weight", "topk", "alpha", "beta", "atss_warmup_epochs",
+              "min_candidate_size")
 _ARCH_KEYS = ("training_mode", "iou_type", "bins", "cspsppf")
 
 

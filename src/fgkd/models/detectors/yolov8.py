@@ -253,6 +253,7 @@ class YOLOv8(Detector):
         topk: int = 10,
         alpha: float = 0.5,
         beta: float = 6.0,
+        min_candidate_size: float = 0.0,
     ) -> None:
         super().__init__()
         if scale not in SCALES:
@@ -265,7 +266,8 @@ class YOLOv8(Detector):
         self.bins = DFL_BINS
         self.strides = STRIDES
         self.loss_kwargs = dict(
-            box_gain=box_gain, cls_gain=cls_gain, dfl_gain=dfl_gain, topk=topk, alpha=alpha, beta=beta
+            box_gain=box_gain, cls_gain=cls_gain, dfl_gain=dfl_gain, topk=topk, alpha=alpha, beta=beta,
+            min_candidate_size=min_candidate_size,
         )
         self.backbone = YOLOv8Backbone(depth, width, max_channels)
         self.neck = YOLOv8Neck(self.backbone.out_channels, depth, width, max_channels)
@@ -319,7 +321,7 @@ class YOLOv8(Detector):
 
 
 #: keyword overrides ``build_detector("yolov8*", nc, ...)`` accepts besides ``weights`` (YOLOv8Loss settings)
-OVERRIDES = ("box_gain", "cls_gain", "dfl_gain", "topk", "alpha", "beta")
+OVERRIDES = ("box_gain", "cls_gain", "dfl_gain", "topk", "alpha", "beta", "min_candidate_size")
 
 
 def _build(scale: str, num_classes: int, **overrides: Any) -> YOLOv8:
