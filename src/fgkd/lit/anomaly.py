@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 
+from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.lit.history import ValidationHistory
 from fgkd.metrics.anomaly import ANOMALY_METRICS, anomaly_metrics, aupro_rd4ad
 from fgkd.models.anomaly.components.anomaly_map import gaussian_blur, image_scores
@@ -59,6 +60,7 @@ class AnomalyModule(pl.LightningModule):
         self.register_buffer("mean_image", mean_image if mean_image is not None else torch.zeros(0), persistent=True)
         self.fpr_limit, self.pro_rd4ad = float(fpr_limit), bool(pro_rd4ad)
         self.history = ValidationHistory("image_auroc", "last", history_path)
+        self.nonfinite = NonFiniteLossGuard()
         self._outputs: list[dict[str, torch.Tensor]] = []
 
     @property
@@ -66,12 +68,12 @@ class AnomalyModule(pl.LightningModule):
         return self.mean_image.numel() > 0
 
     # -- training -------------------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         images = batch["images"]
         teacher, student = self.model(images)
         loss = self.model.loss(teacher, student)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite RD loss {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}")
+        if self.nonfinite.skip(loss, lambda: (self.current_epoch, self.global_step, "")):
+            return None
         with torch.no_grad():
             parts = {"train/loss_flat": flat_cosine_loss(teacher, student),
                      "train/loss_pixel": pixel_cosine_loss(teacher, student)}
@@ -132,6 +134,9 @@ class AnomalyModule(pl.LightningModule):
                 return
         self.history.record(self.current_epoch, self.global_step, scalars,
                             write=self._trainer is None or self.trainer.is_global_zero)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_state(checkpoint["state_dict"], f"checkpoint at epoch {self.current_epoch}")
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -34,6 +34,7 @@ from fgkd.distill.distiller import Distiller
 from fgkd.distill.frozen import FrozenTeacher
 from fgkd.distill.losses import build_kd_loss
 from fgkd.lit.batchnorm import BatchNormWarmup, recalibrate_batchnorm
+from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.lit.history import ValidationHistory
 from fgkd.lit.optim import Recipe, configure_recipe
 from fgkd.metrics.detection import build_map_metric, split_targets, summarize
@@ -154,6 +155,7 @@ class DetectionModule(pl.LightningModule):
         self.val_map = build_map_metric()
         #: per validation epoch (sanity check excluded): {"epoch", "step", **scalars}; best by map
         self.history = ValidationHistory("map", "max", history_path)
+        self.nonfinite = NonFiniteLossGuard()
         #: precise BN before validation while the run is young (see on_validation_epoch_start)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.bn_recalibration_below_step = int(bn_recalibration_below_step)
@@ -245,8 +247,10 @@ class DetectionModule(pl.LightningModule):
         logs["train/loss"] = objective
         return total, logs
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         total, logs = self.compute_loss(batch)
+        if self.nonfinite.skip(total, lambda: (self.current_epoch, self.global_step, self._ckpt_dir())):
+            return None  # Lightning skips the optimizer step of this batch
         batch_size = batch_images(batch, self.view).shape[0]
         logs["train/alpha"] = torch.tensor(self.alpha)
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
@@ -259,6 +263,13 @@ class DetectionModule(pl.LightningModule):
         # lr0 and weight-decay scaling are tuned for that sum, so the division is undone here.
         accumulate = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
         return total * accumulate
+
+    def _ckpt_dir(self) -> str:
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        return str(callback.dirpath) if callback is not None and callback.dirpath else ""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_state(checkpoint["state_dict"], f"checkpoint at epoch {self.current_epoch}")
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         images = batch_images(batch, self.val_view)

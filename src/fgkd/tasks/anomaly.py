@@ -28,6 +28,7 @@ from fgkd.config import ConfigError, to_plain
 from fgkd.data.anomaly_datamodule import LAYOUTS, AnomalyDataModule
 from fgkd.io import atomic_save
 from fgkd.lit.anomaly import AnomalyModule
+from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.metrics.anomaly import ANOMALY_DISPLAY_NAMES, ANOMALY_METRICS
 from fgkd.models.registry import build_model, list_models
 from fgkd.tasks.base import Task, register_task
@@ -46,6 +47,7 @@ def model_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_anomaly_model(path: str | os.PathLike[str], model: torch.nn.Module, name: str, options: Mapping[str, Any],
                        info: Mapping[str, Any]) -> Path:
+    check_finite_state(model.state_dict(), f"anomaly model file {path}")
     payload = {"task": "anomaly", "fgkd": fgkd.__version__, "model": {"name": name, "options": dict(options)},
                "state_dict": model.state_dict(), **dict(info)}
     return atomic_save(path, lambda handle: torch.save(payload, handle))
@@ -155,6 +157,7 @@ class AnomalyTask(Task):
                                mean_image=datamodule.mean_train_image(),
                                fpr_limit=float(evaluation.get("fpr_limit", 0.3)),
                                pro_rd4ad=bool(evaluation.get("pro_rd4ad", False)), history_path=history_path)
+        module.nonfinite = NonFiniteLossGuard(int(cfg.get("max_nonfinite_skips") or 0))
         module.save_hyperparameters({"anomaly_model": {"name": model_cfg["name"], "options": model_options(model_cfg)},
                                      "anomaly_info": self._info(cfg)})
         return module

@@ -33,6 +33,7 @@ from fgkd.config import ConfigError, to_plain, validate_detection
 from fgkd.engine import METRICS_SCHEMA, validate_once
 from fgkd.io import atomic_save
 from fgkd.lit.detection import VIEWS, DetectionModule
+from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.metrics.detection import DISPLAY_NAMES, FIVE_METRICS, PER_CLASS_PREFIX
 from fgkd.models.detectors.base import Detector, build_detector
 from fgkd.tasks.base import Task, register_task
@@ -72,7 +73,8 @@ def build_student(model_cfg: Mapping[str, Any], num_classes: int) -> tuple[Detec
 
 def save_detector(path: str | os.PathLike[str], detector: Detector, spec: Mapping[str, Any],
                   class_names: list[str] | None) -> Path:
-    """A detector-only weights file, written atomically."""
+    """A detector-only weights file, written atomically (never with non-finite weights)."""
+    check_finite_state(detector.state_dict(), f"detector file {path}")
     payload = {"state_dict": detector.state_dict(), "detector": dict(spec), "class_names": class_names}
     return atomic_save(path, lambda handle: torch.save(payload, handle))
 
@@ -286,11 +288,13 @@ class DetectTask(Task):
             if type(teacher) is not type(student) or getattr(teacher, "taps", None) != student.taps:
                 print(f"[detect] heterogeneous pair: teacher {type(teacher).__name__} → student {model_cfg['name']} "
                       "(1×1 connectors map student channels to the teacher's where they differ)", flush=True)
-        return DetectionModule(
+        module = DetectionModule(
             student, detector_spec=spec, class_names=class_names, recipe=recipe_for_init(model_cfg),
             batch_size=int(cfg.batch_size), dataset_size=dataset_size, teacher=teacher, alpha=alpha,
             view=view, val_view=val_view, history_path=history_path, **kd_args,
         )
+        module.nonfinite = NonFiniteLossGuard(int(cfg.get("max_nonfinite_skips") or 0))
+        return module
 
     def save_artifact(self, cfg: DictConfig, role: str, module: pl.LightningModule, best_ckpt: Path | None,
                       output_dir: Path) -> Path:
