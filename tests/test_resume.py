@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -43,7 +44,7 @@ def test_auto_resolves_to_the_runs_own_last_checkpoint_or_nothing(tmp_path):
     assert resolve_ckpt_path(None, tmp_path) is None
     assert resolve_ckpt_path("auto", tmp_path) is None  # nothing to resume: a fresh start
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    torch.save({"epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     assert resolve_ckpt_path("auto", tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
     assert resolve_ckpt_path(str(tmp_path / "x.ckpt"), tmp_path) == tmp_path / "x.ckpt"  # explicit: as given
 

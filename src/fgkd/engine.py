@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgkd.config import to_plain
 from fgkd.io import atomic_write_json, read_json
+from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.optim import Recipe, accumulate_steps
 
 if TYPE_CHECKING:
@@ -144,8 +145,10 @@ def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, output_dir: Path
     if str(ckpt_path) == AUTO_RESUME:
         last = output_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
-            print(f"resuming from {last}", flush=True)
-            return last
+            chosen = loadable_checkpoint(last)
+            if chosen is not None:
+                print(f"resuming from {chosen}", flush=True)
+            return chosen
         return None
     return Path(ckpt_path)
 
@@ -167,7 +170,9 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = Non
         callbacks.append(pl.callbacks.TQDMProgressBar())
     loggers = instantiate_loggers(cfg.get("logger"), output_dir)
     overrides = resolve_trainer_args(cfg, recipe)
-    overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False)
+    # checkpoints written beside their destination, fsync'ed, renamed (a full disk keeps the earlier file)
+    overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False,
+                     plugins=[AtomicCheckpointIO()])
     if epochs is not None:
         overrides["max_epochs"] = int(epochs)
     return instantiate(cfg.trainer, **overrides), loggers
