@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     scale, seeds = options.get("scale", "smoke"), int(options.get("seeds", 1))
     sweep_dir = args.dir or outputs_root() / "sweeps" / exp.name / scale
     out_dir = sweep_dir if args.dir else outputs_root() / "sweeps" / args.experiment / scale
-    runs = exp.runs(scale, seeds)
+    runs = exp.runs(scale, seeds, extra)
     command = "python sweep.py " + " ".join([args.experiment, *(f"{k}={v}" for k, v in options.items())])
     if not args.collect:
         print(f"{exp.name}: {len(runs)} runs in {sweep_dir}", flush=True)
         sweeps.launch(runs, sweep_dir, options.get("launcher", "local"), extra,
                       n_jobs=int(options.get("n_jobs", 2)), slurm=slurm_options(options),
                       echo=lambda line: print(line, flush=True), keys=exp.metric_keys, names=exp.metric_names)
-    results = sweeps.collect_results(exp, sweep_dir, scale, seeds)
+    results = sweeps.collect_results(exp, sweep_dir, scale, seeds, extra)
     text = sweeps.write_outputs(exp, results, out_dir, command)
     print(text)
     print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}"

@@ -221,3 +221,18 @@ def test_slurm_launcher_runs_through_submitits_local_executor(tmp_path, monkeypa
     lines.clear()
     sweeps.launch(runs, tmp_path, "slurm", slurm={"cluster": "local"}, echo=lines.append)  # nothing left to do
     assert sum("skipped" in line for line in lines) == 3 and not any("submitted" in line for line in lines)
+
+
+def test_extra_overrides_are_part_of_a_runs_identity(tmp_path):
+    """Issue 15.14: `sweep.py smoke_grid -- epochs=2 imgsz=96` skipped the runs of the plain grid as finished."""
+    exp = sweeps.load_experiment("smoke_grid")
+    plain, changed = exp.runs("smoke"), exp.runs("smoke", extra=["epochs=2", "imgsz=96"])
+    assert {r.run_id for r in plain}.isdisjoint({r.run_id for r in changed})
+    assert [r.run_id for r in exp.runs("smoke", extra=["epochs=2", "ckpt_path=auto"])] == \
+        [r.run_id for r in exp.runs("smoke", extra=["epochs=2"])]  # where to resume from shapes nothing
+    for run in plain:
+        _fabricate(run, tmp_path, FIVE)
+    assert all(r.metrics for r in sweeps.collect_results(exp, tmp_path, "smoke", 1))
+    assert not any(r.metrics for r in sweeps.collect_results(exp, tmp_path, "smoke", 1, ["epochs=2", "imgsz=96"]))
+    command = sweeps.train_command(changed[0], tmp_path, ["ckpt_path=auto", "epochs=2", "imgsz=96"])
+    assert command.count("epochs=2") == 1 and "ckpt_path=auto" in command

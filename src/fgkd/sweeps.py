@@ -67,21 +67,28 @@ DEFAULT_TIMEOUT_MIN = 60
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: the experiment, its grid point (``params``), the scale and the seed."""
+    """One training run: the experiment, its grid point (``params``), the scale, the seed and the extra
+    overrides given after ``--`` (``extra``). Its identity (:attr:`run_id`, the run folder) is every override
+    that shapes it plus the fgkd version: ``sweep.py table5 -- epochs=2`` is a different run from
+    ``sweep.py table5``, and a new fgkd version starts new runs instead of tabulating old ones as new."""
 
     experiment: str
     params: tuple[tuple[str, str], ...]
     scale: str
     seed: int
+    extra: tuple[str, ...] = ()
 
     @property
     def overrides(self) -> list[str]:
         return [f"experiment={self.experiment}", *(f"{k}={v}" for k, v in self.params),
-                f"scale={self.scale}", f"seed={self.seed}"]
+                f"scale={self.scale}", f"seed={self.seed}", *self.extra]
 
     @property
     def run_id(self) -> str:
-        return hashlib.sha1("\n".join(sorted(self.overrides)).encode()).hexdigest()[:10]
+        import fgkd
+
+        identity = [*sorted(self.overrides), f"fgkd={fgkd.__version__}"]
+        return hashlib.sha1("\n".join(identity).encode()).hexdigest()[:10]
 
     @property
     def slug(self) -> str:
@@ -118,10 +125,13 @@ class Experiment:
         names = get_task(self.task).display_names
         return tuple(names.get(k, k) for k in self.metric_keys)
 
-    def runs(self, scale: str = "smoke", seeds: int = 1) -> list[Run]:
+    def runs(self, scale: str = "smoke", seeds: int = 1, extra: Sequence[str] = ()) -> list[Run]:
+        """Every grid point × seed; ``extra``: overrides for every run (sweep.py's arguments after ``--``),
+        part of each run's identity (``ckpt_path=...`` is not: it only says where to resume from)."""
         keys = list(self.params)
         grid = itertools.product(*(self.params[k] for k in keys))
-        return [Run(self.name, tuple(zip(keys, point, strict=True)), scale, seed)
+        shaping = tuple(e for e in extra if not e.startswith("ckpt_path="))
+        return [Run(self.name, tuple(zip(keys, point, strict=True)), scale, seed, shaping)
                 for point in grid for seed in range(seeds)]
 
 
@@ -183,9 +193,11 @@ class RunResult:
     payload: dict[str, Any] | None = None
 
 
-def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int) -> list[RunResult]:
+def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int,
+                    extra: Sequence[str] = ()) -> list[RunResult]:
+    """The runs of this grid *with these extra overrides* (runs of other settings are never mixed in)."""
     results = []
-    for run in exp.runs(scale, seeds):
+    for run in exp.runs(scale, seeds, extra):
         directory = run.directory(sweep_dir)
         metrics = read_metrics(directory, exp.metric_keys)
         failed = metrics is None and (directory / "FAILED").exists()
@@ -200,7 +212,8 @@ def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[st
     ``python train.py``)."""
     custom = os.environ.get(TRAIN_COMMAND_ENV, "").strip()
     program = shlex.split(custom) if custom else [sys.executable, str(project_root() / "train.py")]
-    return [*program, *run.overrides, *extra, f"hydra.run.dir={run_dir}"]
+    overrides = run.overrides
+    return [*program, *overrides, *(e for e in extra if e not in overrides), f"hydra.run.dir={run_dir}"]
 
 
 def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = (), keys: Sequence[str] = METRIC_KEYS) -> RunResult:
