@@ -221,8 +221,26 @@ def test_mask_size_mismatch_is_resized_nearest_and_counted(yolo_root):
 def test_mask_threshold(tmp_path):
     mask = np.array([[0, 1, 128, 255]], np.uint8)
     cv2.imwrite(str(tmp_path / "m.png"), mask)
-    assert imageio.read_mask(tmp_path / "m.png").tolist() == [[False, True, True, True]]
+    assert imageio.read_mask(tmp_path / "m.png", threshold=0).tolist() == [[False, True, True, True]]
     assert imageio.read_mask(tmp_path / "m.png", threshold=127).tolist() == [[False, False, True, True]]
+    # auto (the default): half range, so 0/255 noise below 128 stays background, while a 0/1 mask still works
+    assert imageio.read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+    cv2.imwrite(str(tmp_path / "binary.png"), np.array([[0, 1, 1, 0]], np.uint8))
+    assert imageio.read_mask(tmp_path / "binary.png").tolist() == [[False, True, True, False]]
+    cv2.imwrite(str(tmp_path / "deep.png"), np.array([[0, 30000, 40000, 65535]], np.uint16))
+    assert imageio.read_mask(tmp_path / "deep.png").tolist() == [[False, False, True, True]]
+
+
+def test_a_noisy_jpeg_mask_is_not_read_as_all_foreground(tmp_path):
+    """Issue 15.8: a JPEG-compressed 0/255 mask read as `> 0` was nearly all foreground (IoU 0.23)."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[16:48, 8:40] = 255
+    noisy = np.clip(truth.astype(int) + rng.integers(0, 30, truth.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "m.jpg"), noisy, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    mask = imageio.read_mask(tmp_path / "m.jpg")
+    iou = (mask & (truth > 0)).sum() / (mask | (truth > 0)).sum()
+    assert iou > 0.95
 
 
 def test_large_jpeg_is_decoded_reduced_with_true_size_and_orientation(tmp_path):

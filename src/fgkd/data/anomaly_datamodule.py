@@ -55,7 +55,7 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_mask(path: str | os.PathLike[str] | None, imgsz: int, threshold: float = 127) -> torch.Tensor:
+def load_mask(path: str | os.PathLike[str] | None, imgsz: int, threshold: float | str = "auto") -> torch.Tensor:
     if path is None:
         return torch.zeros(imgsz, imgsz, dtype=torch.uint8)
     mask = read_mask(path, threshold).astype(np.float32)
@@ -66,8 +66,8 @@ def load_mask(path: str | os.PathLike[str] | None, imgsz: int, threshold: float 
 class AnomalyDataset(Dataset):
     """``{"images", "masks", "labels", "index"}`` per sample (normal images: an all-zero mask)."""
 
-    def __init__(self, samples: list[AnomalySample], imgsz: int, mask_threshold: float = 127) -> None:
-        self.samples, self.imgsz, self.mask_threshold = list(samples), int(imgsz), float(mask_threshold)
+    def __init__(self, samples: list[AnomalySample], imgsz: int, mask_threshold: float | str = "auto") -> None:
+        self.samples, self.imgsz, self.mask_threshold = list(samples), int(imgsz), mask_threshold
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,7 +88,7 @@ class AnomalyDataModule(pl.LightningDataModule):
 
     def __init__(self, layout: str = "synthtex", root: str | None = None, category: str = "woven", imgsz: int = 256,
                  batch_size: int = 16, val_batch_size: int | None = None, num_workers: int = 2,
-                 pin_memory: bool | None = None, skip_bad: bool = False, mask_threshold: float = 127,
+                 pin_memory: bool | None = None, skip_bad: bool = False, mask_threshold: float | str = "auto",
                  synthtex: Mapping[str, Any] | None = None, cache_root: str | None = None, seed: int = 0,
                  task: str = "anomaly") -> None:
         super().__init__()
@@ -100,7 +100,7 @@ class AnomalyDataModule(pl.LightningDataModule):
         self.root_arg, self.synthtex, self.cache_root = root, dict(synthtex or {}), cache_root
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
-        self.num_workers, self.skip_bad, self.mask_threshold = int(num_workers), bool(skip_bad), float(mask_threshold)
+        self.num_workers, self.skip_bad, self.mask_threshold = int(num_workers), bool(skip_bad), mask_threshold
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.seed = int(seed)
         self.index: AnomalyIndex | None = None

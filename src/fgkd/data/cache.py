@@ -64,7 +64,7 @@ def load_mask(record: SampleRecord, shape: tuple[int, int], threshold: float) ->
     return imageio.resize_mask_nearest(mask, height, width), resized
 
 
-def load_source(record: SampleRecord, imgsz: int, mask_threshold: float = 0) -> LoadedImage:
+def load_source(record: SampleRecord, imgsz: int, mask_threshold: float | str = "auto") -> LoadedImage:
     """Decode the source image and mask and resize both to long side ``imgsz`` (mask: nearest)."""
     reduction = imageio.jpeg_reduction(record.size, imgsz)
     image = imageio.read_image(record.image, reduction=reduction)
@@ -77,7 +77,7 @@ def load_source(record: SampleRecord, imgsz: int, mask_threshold: float = 0) -> 
     return LoadedImage(np.ascontiguousarray(image), mask, orig_shape, mask_resized)
 
 
-def cache_key(record: SampleRecord, imgsz: int, mask_threshold: float = 0) -> str:
+def cache_key(record: SampleRecord, imgsz: int, mask_threshold: float | str = "auto") -> str:
     """Hash of (source path, mtime, size, target size, mask source, threshold, cache version)."""
     try:
         stat = record.image.stat()
@@ -91,7 +91,7 @@ def cache_key(record: SampleRecord, imgsz: int, mask_threshold: float = 0) -> st
             str(stat.st_size),
             str(int(imgsz)),
             record.mask_key(),
-            repr(float(mask_threshold)),
+            str(mask_threshold) if mask_threshold == "auto" else repr(float(mask_threshold)),
         ]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
@@ -101,12 +101,12 @@ class ResizedImageCache:
     """Get-or-build access to resized samples; ``enabled=False`` decodes every time (no disk use)."""
 
     def __init__(
-        self, directory: str | os.PathLike | None, imgsz: int, mask_threshold: float = 0, enabled: bool = True
+        self, directory: str | os.PathLike | None, imgsz: int, mask_threshold: float | str = "auto", enabled: bool = True
     ):
         self.enabled = bool(enabled)
         self.directory = Path(directory).expanduser() if directory else default_cache_root() / "resized"
         self.imgsz = int(imgsz)
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = mask_threshold if mask_threshold == "auto" else float(mask_threshold)
 
     def path_for(self, record: SampleRecord) -> Path:
         key = cache_key(record, self.imgsz, self.mask_threshold)

@@ -114,7 +114,7 @@ class DetectionDataModule(L.LightningDataModule):
         cache_threads: int | None = None,
         skip_bad: bool = False,
         missing_mask: str = "error",
-        mask_threshold: float = 0,
+        mask_threshold: float | str = "auto",
         min_box_size: float = 1.0,
         seed: int = 0,
         report: bool = True,
@@ -166,7 +166,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.cache_threads = cache_threads
         self.skip_bad = bool(skip_bad)
         self.missing_mask = missing_mask
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = mask_threshold if mask_threshold == "auto" else float(mask_threshold)
         self.min_box_size = float(min_box_size)
         self.seed = int(seed)
         self.report = bool(report)

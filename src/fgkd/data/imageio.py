@@ -166,9 +166,23 @@ def read_image(path: str | os.PathLike, reduction: int = 1) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | os.PathLike, threshold: float = 0) -> np.ndarray:
-    """Decode a foreground mask to bool [H, W]: ``value > threshold`` (0/1 and 0/255 PNGs both work);
-    colour masks are converted to gray first."""
+AUTO_THRESHOLD = "auto"
+
+
+def mask_threshold_for(mask: np.ndarray, threshold: float | str) -> float:
+    """``auto``: half the value range — 0 for a 0/1 mask (max ≤ 1), else half the dtype's maximum (uint8 127,
+    uint16 32767): a noisy or JPEG-compressed 0..255 mask read as ``> 0`` would be nearly all foreground."""
+    if threshold != AUTO_THRESHOLD:
+        return float(threshold)
+    if mask.size == 0 or int(mask.max()) <= 1:
+        return 0.0
+    limit = np.iinfo(mask.dtype).max if np.issubdtype(mask.dtype, np.integer) else 1.0
+    return float(limit) / 2 if limit > 1 else 0.5
+
+
+def read_mask(path: str | os.PathLike, threshold: float | str = AUTO_THRESHOLD) -> np.ndarray:
+    """Decode a foreground mask to bool [H, W]: ``value > threshold`` (``auto``: :func:`mask_threshold_for`,
+    so 0/1 and 0/255 PNGs both work); colour masks are converted to gray first."""
     path = Path(path)
     data = _read_bytes(path)
     mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
@@ -176,7 +190,7 @@ def read_mask(path: str | os.PathLike, threshold: float = 0) -> np.ndarray:
         raise BadImageError(path, "OpenCV cannot decode the mask")
     if mask.ndim == 3:
         mask = mask.max(axis=2)
-    return mask > threshold
+    return mask > mask_threshold_for(mask, threshold)
 
 
 def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
