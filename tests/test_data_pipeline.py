@@ -295,3 +295,15 @@ def test_synthpipes_through_the_same_loader(tmp_path, compose_train):
     assert batch["images"].shape[1:] == (3, 64, 64) and batch["masks"].any()
     targets = batch["targets"]
     assert ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 64)).all() and (targets[:, 1] < 3).all()
+
+
+def test_a_missing_or_empty_val_split_fails_before_training(tmp_path, compose_train):
+    """Issue 15.9: a run without validation images trained, exited 0 and reported NaN metrics."""
+    from fgkd.data.formats.common import DataError
+    from fgkd.tasks.detect import prepare
+
+    root = toydata.write_yolo(tmp_path / "d", [toydata.toy_sample("a", "train", 64, 64, (0, 10)),
+                                               toydata.toy_sample("b", "train", 64, 64, (0, 12))])
+    module = _module(root, tmp_path, augment=None)
+    with pytest.raises(DataError, match=r"the val split (is not configured|has no images).*data.yaml"):
+        prepare(module)

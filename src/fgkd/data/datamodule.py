@@ -297,6 +297,18 @@ class DetectionDataModule(L.LightningDataModule):
             if self.report:
                 _print_rank_zero(self.report_text)
 
+    def require_val_split(self) -> None:
+        """Every reported metric comes from the val split: a missing or empty one fails before training
+        (``fgkd.tasks.detect.prepare`` asks; it used to train, exit 0 and report NaN metrics)."""
+        dataset = self._dataset("val")
+        if dataset is None or len(dataset) == 0:
+            found = "has no images" if dataset is not None else "is not configured"
+            raise DataError(
+                f"{self.root}: the val split {found} (see the data report above); every reported metric comes from "
+                "it. Give validation images (YOLO: a 'val:' folder in data.yaml; COCO: data.ann_val), or, knowing "
+                "that the numbers are then optimistic, point 'val:' at the training images"
+            )
+
     def _is_global_zero(self) -> bool:
         trainer = getattr(self, "trainer", None)
         return trainer is None or trainer.is_global_zero

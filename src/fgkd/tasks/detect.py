@@ -132,6 +132,8 @@ def prepare(datamodule: pl.LightningDataModule) -> tuple[int, list[str], int | N
     """Generate/check the data once here, so the class count and names are known before the model exists."""
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if callable(getattr(datamodule, "require_val_split", None)):
+        datamodule.require_val_split()
     class_names = list(getattr(datamodule, "class_names", []) or [])
     num_classes = int(getattr(datamodule, "num_classes", 0) or len(class_names))
     if num_classes < 1:
