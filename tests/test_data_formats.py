@@ -265,3 +265,27 @@ def test_large_jpeg_is_decoded_reduced_with_true_size_and_orientation(tmp_path):
     assert loaded.image[:15].mean() > 240 and loaded.image[17:].mean() < 10  # band on top, rows 0..15
     full = cv2.resize(imageio.read_image(record.image), (32, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(full.astype(int) - loaded.image.astype(int)).mean() < 3
+
+
+def test_duplicate_boxes_are_dropped_and_counted_and_duplicate_coco_ids_refused(tmp_path):
+    """Issue 15.10: a repeated label line counted as a second object; two COCO images with one id both got
+    every annotation of that id."""
+    root = toydata.write_yolo(tmp_path / "yolo")
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join([lines[0], *lines, lines[0]]) + "\n")  # the first box three times
+    plain = index_yolo(toydata.write_yolo(tmp_path / "plain"))
+    index = index_yolo(root)
+    assert index.stats["train"].duplicates == 2
+    assert index.stats["train"].boxes == plain.stats["train"].boxes
+    record = next(r for r in index.splits["train"] if r.image.stem == label.stem)
+    reference = next(r for r in plain.splits["train"] if r.image.stem == label.stem)
+    np.testing.assert_array_equal(record.boxes, reference.boxes)
+
+    coco = toydata.write_coco(tmp_path / "coco")
+    path = coco / COCO_ANNS["train"]
+    content = json.loads(path.read_text())
+    content["images"][1]["id"] = content["images"][0]["id"]
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=r"instances_train\.json: image ids \[\d+\] appear more than once"):
+        index_coco(coco, COCO_ANNS)

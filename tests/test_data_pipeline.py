@@ -190,8 +190,8 @@ def test_report_counts(yolo_root, tmp_path, capsys):
     assert printed.strip() == module.report_text.strip()
     assert len(printed.strip().splitlines()) <= 25  # one screen
     rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.split()[:1] in (["train"], ["val"])}
-    assert rows["train"] == ["4", "1", "1", "1", "1", "6", "1", "1"]
-    assert rows["val"] == ["2", "0", "0", "0", "0", "2", "0", "0"]
+    assert rows["train"] == ["4", "1", "1", "1", "1", "6", "1", "1", "0"]
+    assert rows["val"] == ["2", "0", "0", "0", "0", "2", "0", "0", "0"]
     assert "x.jpg" in printed
 
 

@@ -17,6 +17,7 @@ class SplitStats:
     resized_masks: int = 0  # masks whose size differs from the image (nearest-resized at load)
     clipped: int = 0  # boxes partly outside the image, clipped to it
     dropped: int = 0  # degenerate boxes (empty after clipping / below min_box_size) dropped
+    duplicates: int = 0  # exact duplicate boxes (same class and coordinates) dropped
     crowd_ignored: int = 0  # COCO iscrowd annotations (not used for training)
     boxes_per_class: dict[int, int] = field(default_factory=dict)
     skipped_files: list[str] = field(default_factory=list)
@@ -39,6 +40,7 @@ _COLUMNS = (
     ("boxes", "boxes"),
     ("clipped", "clipped"),
     ("dropped", "dropped"),
+    ("duplicates", "duplicates"),
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import math
 import os
@@ -90,7 +92,12 @@ def index_coco(
         mask_dir = None if mask_dir is None else (Path(mask_dir) if Path(mask_dir).is_absolute() else root / mask_dir)
 
         per_image: dict[int, list[dict[str, Any]]] = {}
-        image_ids = {int(entry["id"]) for entry in content.get("images", [])}
+        all_ids = [int(entry["id"]) for entry in content.get("images", [])]
+        image_ids = set(all_ids)
+        if len(image_ids) < len(all_ids):
+            repeated = sorted(i for i, n in Counter(all_ids).items() if n > 1)
+            raise DataError(f"{ann_path}: image ids {repeated[:10]} appear more than once in 'images'; every "
+                            "annotation of such an id would be given to each of them. Fix: give every image its own id")
         for annotation in content.get("annotations", []):
             image_id = int(annotation.get("image_id", -1))
             if image_id not in image_ids:

@@ -157,10 +157,17 @@ def _decode_rle(rle: Any, height: int, width: int, source: str) -> np.ndarray:
 def sanitize_boxes(
     boxes: np.ndarray, classes: np.ndarray, size: tuple[int, int], min_box_size: float, stats: SplitStats
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clip normalised xyxy boxes to the image (counted) and drop those under ``min_box_size`` pixels
-    wide or high after clipping (counted). Returns (boxes float32 [N,4], classes int64 [N])."""
+    """Drop exact duplicates (same class and box, e.g. a repeated label line; counted), clip normalised xyxy
+    boxes to the image (counted) and drop those under ``min_box_size`` pixels wide or high after clipping
+    (counted). Returns (boxes float32 [N,4], classes int64 [N])."""
     if len(boxes) == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    rows = np.concatenate([np.asarray(classes, np.float64)[:, None], np.asarray(boxes, np.float64)], 1)
+    _, first = np.unique(rows, axis=0, return_index=True)
+    if len(first) < len(rows):
+        keep_order = np.sort(first)
+        stats.duplicates += len(rows) - len(first)
+        boxes, classes = np.asarray(boxes)[keep_order], np.asarray(classes)[keep_order]
     height, width = size
     outside = ((boxes < -_CLIP_EPS) | (boxes > 1 + _CLIP_EPS)).any(axis=1)
     clipped = np.clip(boxes, 0.0, 1.0)
