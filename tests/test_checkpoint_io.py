@@ -55,3 +55,20 @@ def test_the_trainer_uses_the_atomic_checkpoint_io(compose_train):
     cfg = compose_train("kd=none", "logger=none")
     trainer, _ = build_trainer(cfg, Path(cfg.paths.output_dir))
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_full_disk_in_the_image_cache_names_the_folder(tmp_path, monkeypatch):
+    """Issue 15.12: `No space left on device` alone named no path."""
+    from fgkd import io
+
+    real_mkdir = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if "resized" in str(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    target = tmp_path / "cache" / "resized" / "ab" / "entry.npz"
+    with pytest.raises(OSError, match=r"no space left on the device holding .*resized/ab while writing entry.npz"):
+        io.atomic_write(target, b"x")
