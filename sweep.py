@@ -71,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python sweep.py " + " ".join([args.experiment, *(f"{k}={v}" for k, v in options.items())])
     if not args.collect:
         print(f"{exp.name}: {len(runs)} runs in {sweep_dir}", flush=True)
-        sweeps.launch(runs, sweep_dir, options.get("launcher", "local"), extra,
-                      n_jobs=int(options.get("n_jobs", 2)), slurm=slurm_options(options),
-                      echo=lambda line: print(line, flush=True), keys=exp.metric_keys, names=exp.metric_names)
+        try:
+            sweeps.launch(runs, sweep_dir, options.get("launcher", "local"), extra,
+                          n_jobs=int(options.get("n_jobs", 2)), slurm=slurm_options(options),
+                          echo=lambda line: print(line, flush=True), keys=exp.metric_keys, names=exp.metric_names)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished runs are kept in {sweep_dir}; the same command continues the sweep "
+                  "(an interrupted run resumes from its last.ckpt)", flush=True)
+            return 130
     results = sweeps.collect_results(exp, sweep_dir, scale, seeds, extra)
     text = sweeps.write_outputs(exp, results, out_dir, command)
     print(text)

@@ -236,3 +236,40 @@ def test_extra_overrides_are_part_of_a_runs_identity(tmp_path):
     assert not any(r.metrics for r in sweeps.collect_results(exp, tmp_path, "smoke", 1, ["epochs=2", "imgsz=96"]))
     command = sweeps.train_command(changed[0], tmp_path, ["ckpt_path=auto", "epochs=2", "imgsz=96"])
     assert command.count("epochs=2") == 1 and "ckpt_path=auto" in command
+
+
+def test_a_run_locked_by_a_live_process_is_not_started_twice(tmp_path, monkeypatch):
+    """Issue 15.13: after kill -9 of sweep.py its train.py child lived on and a rerun started a second one."""
+    import fcntl
+
+    run = sweeps.load_experiment("smoke_grid").runs()[0]
+    run_dir = run.directory(tmp_path)
+    run_dir.mkdir(parents=True)
+    started = []
+    monkeypatch.setattr(sweeps.subprocess, "run", lambda *a, **k: started.append(a))
+    with open(run_dir / sweeps.RUN_LOCK, "a+") as held:  # a live train.py of an earlier sweep holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = sweeps.run_one(run, tmp_path)
+    assert result.running_elsewhere and not result.failed and result.metrics is None and not started
+    assert not (run_dir / "train.log").exists() and not (run_dir / "FAILED").exists()
+    lines = []
+    with open(run_dir / sweeps.RUN_LOCK, "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sweeps.launch([run], tmp_path, "local", echo=lines.append)
+    assert "running elsewhere" in lines[-1]
+
+
+def test_ctrl_c_ends_a_sweep_with_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_entry", Path(__file__).resolve().parents[1] / "sweep.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "launch", interrupted)
+    assert entry.main(["smoke_grid"]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted: finished runs are kept" in out and "Traceback" not in out

@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class RunResult:
     failed: bool = False
     log: Path | None = None
     payload: dict[str, Any] | None = None
+    running_elsewhere: bool = False
 
 
 def collect_results(exp: Experiment, sweep_dir: Path, scale: str, seeds: int,
@@ -216,27 +218,59 @@ def train_command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[st
     return [*program, *overrides, *(e for e in extra if e not in overrides), f"hydra.run.dir={run_dir}"]
 
 
+#: a run folder's lock: held by the sweep while it runs the run and inherited by its train.py child, so a
+#: second sweep (or a rerun after ``kill -9`` of the first while its child lives on) never starts it twice
+RUN_LOCK = ".run.lock"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the train.py child gets SIGTERM when its sweep dies, even by ``kill -9``."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = (), keys: Sequence[str] = METRIC_KEYS) -> RunResult:
     """Run ``train.py`` for one grid point in its own folder; output goes to ``<run>/train.log``.
 
     ``ckpt_path=auto`` comes first (an ``extra`` ``ckpt_path=...`` wins): a run killed earlier resumes from
-    its own ``last.ckpt`` (the student's, for the two-stage pipeline) instead of starting over.
+    its own ``last.ckpt`` (the student's, for the two-stage pipeline) instead of starting over. A run whose
+    folder lock (:data:`RUN_LOCK`) is held by a live process is not started again: it is reported as
+    ``running elsewhere`` (not failed, no metrics yet).
     """
+    import fcntl
+
     extra = ["ckpt_path=auto", *extra]
     run_dir = run.directory(sweep_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "FAILED").unlink(missing_ok=True)
-    (run_dir / "overrides.json").write_text(json.dumps(run.overrides + list(extra), indent=1))
-    log = run_dir / "train.log"
-    with open(log, "a") as handle:
-        handle.write(f"$ {' '.join(train_command(run, run_dir, extra))}\n")
-        handle.flush()
-        proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
-                              cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    metrics = read_metrics(run_dir, keys) if proc.returncode == 0 else None
-    if metrics is None:
-        (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
-    return RunResult(run, run_dir, metrics, failed=metrics is None, log=log)
+    lock = open(run_dir / RUN_LOCK, "a+")  # noqa: SIM115 - held across the child's lifetime
+    try:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return RunResult(run, run_dir, None, failed=False, log=run_dir / "train.log", running_elsewhere=True)
+        (run_dir / "FAILED").unlink(missing_ok=True)
+        (run_dir / "overrides.json").write_text(json.dumps(run.overrides + list(extra), indent=1))
+        log = run_dir / "train.log"
+        with open(log, "a") as handle:
+            handle.write(f"$ {' '.join(train_command(run, run_dir, extra))}\n")
+            handle.flush()
+            proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
+                                  cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  pass_fds=(lock.fileno(),),
+                                  # preexec_fn is unsafe once threads exist (the joblib launcher): there the
+                                  # inherited lock alone keeps a rerun from starting the run twice
+                                  preexec_fn=_die_with_parent if threading.active_count() == 1 else None)
+        metrics = read_metrics(run_dir, keys) if proc.returncode == 0 else None
+        if metrics is None:
+            (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
+        return RunResult(run, run_dir, metrics, failed=metrics is None, log=log)
+    finally:
+        lock.close()
 
 
 class _RequeueableRun:
@@ -311,7 +345,8 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
 
     def report(index: int, result: RunResult, seconds: float) -> None:
         what = (f"done in {seconds:.0f}s ({first_name} {result.metrics[first]:.3f})" if result.metrics
-                else f"FAILED after {seconds:.0f}s, log: {result.log}")
+                else f"running elsewhere (its folder is locked by a live process), skipped: {result.directory}"
+                if result.running_elsewhere else f"FAILED after {seconds:.0f}s, log: {result.log}")
         echo(f"[{index}/{len(todo)} new] {result.run.describe()}: {what}")
 
     if launcher == "local":
