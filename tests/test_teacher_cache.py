@@ -111,3 +111,34 @@ def test_two_runs_asking_for_the_same_teacher_train_it_once(tmp_path):
         assert p.exitcode == 0
     assert log.read_text().count("build") == 1
     assert TeacherCache(tmp_path / "c").lookup(SPEC).checkpoint.read_bytes() == b"weights"
+
+
+def test_a_stopped_teacher_build_is_continued_by_the_next_run(tmp_path):
+    """Issue 15.15: SIGTERM during the teacher stage deleted its in-progress entry (22 of 30 epochs lost)."""
+    from fgkd.teacher_cache import TeacherCache
+
+    cache = TeacherCache(tmp_path / "teachers")
+    spec = {"model": "yolov8n", "epochs": 30}
+    seen = []
+
+    def interrupted(folder: Path) -> None:
+        (folder / "run" / "checkpoints").mkdir(parents=True)
+        (folder / "run" / "checkpoints" / "last.ckpt").write_text("epoch 22")
+        raise KeyboardInterrupt  # what Lightning's SIGTERM handling and Ctrl-C raise
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build(spec, interrupted, label="t")
+    entry_path = cache.entry_path(spec, "t")
+    assert not entry_path.exists()  # nothing half-built is published
+    building = cache.building_path(entry_path)
+    assert (building / "run" / "checkpoints" / "last.ckpt").read_text() == "epoch 22"
+
+    def resumed(folder: Path) -> None:
+        seen.append((folder / "run" / "checkpoints" / "last.ckpt").read_text())
+        (folder / CHECKPOINT_NAME).write_text("teacher")
+
+    entry = cache.get_or_build(spec, resumed, label="t")
+    assert seen == ["epoch 22"] and not entry.reused and entry.checkpoint.read_text() == "teacher"
+    assert not building.exists()
+    other = {"model": "yolov8n", "epochs": 31}  # another teacher never continues this one's folder
+    assert cache.building_path(cache.entry_path(other, "t")) != building

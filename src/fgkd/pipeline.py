@@ -73,7 +73,9 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
 
     def build(tmp: Path) -> None:
         print(f"[{task.name}] stage 1/2: training the teacher ({label})", flush=True)
-        result = fit(cfg, task, "teacher", output_dir=tmp / "run", epochs=int(cfg.teacher.epochs))
+        # ckpt_path=auto: an interrupted earlier build left its last.ckpt in this folder (TeacherCache)
+        result = fit(cfg, task, "teacher", output_dir=tmp / "run", epochs=int(cfg.teacher.epochs),
+                     ckpt_path=AUTO_RESUME)
         if result.artifact_path is None:
             raise RuntimeError("the teacher run wrote no model file")
         shutil.copyfile(result.artifact_path, tmp / CHECKPOINT_NAME)

@@ -33,7 +33,6 @@ from fgkd.io import (
     publish_dir,
     read_json,
     remove_stale,
-    tmp_sibling,
 )
 from fgkd.io import canonical_json as canonical_json  # re-exported: the key's serialisation
 
@@ -85,6 +84,10 @@ class TeacherCache:
             return CacheEntry(path, spec_key(spec), reused=True)
         return None
 
+    @staticmethod
+    def building_path(path: Path) -> Path:
+        return path.with_name(f".{path.name}.building")
+
     def get_or_build(
         self,
         spec: dict[str, Any],
@@ -93,10 +96,11 @@ class TeacherCache:
         poll_s: float = 1.0,
         timeout_s: float | None = None,
     ) -> CacheEntry:
-        """Return the finished entry for ``spec``, calling ``build(tmp_dir)`` first when it is missing.
+        """Return the finished entry for ``spec``, calling ``build(folder)`` first when it is missing.
 
         ``build`` must write ``teacher.ckpt`` (and may write ``metrics.json`` and anything else) into the
-        folder it is given. If it raises, nothing is published and the error propagates.
+        folder it is given, continuing whatever an interrupted earlier build left there. If it raises,
+        nothing is published, the folder is kept for the next attempt and the error propagates.
         """
         path = self.entry_path(spec, label)
         key = spec_key(spec)
@@ -111,16 +115,21 @@ class TeacherCache:
             remove_stale(path)
             if path.exists():  # an unfinished entry from an older layout or a manual copy: never trusted
                 shutil.rmtree(path)
-            tmp = tmp_sibling(path)
-            tmp.mkdir(parents=True)
-            try:
+            tmp = self.building_path(path)
+            if tmp.is_dir() and read_json(tmp / "spec.json") == spec:
+                print(f"[teacher-cache] continuing the interrupted build in {tmp}", flush=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
                 atomic_write_json(tmp / "spec.json", spec)
+            try:
                 build(tmp)
                 if not (tmp / CHECKPOINT_NAME).is_file():
                     raise RuntimeError(f"teacher build finished without writing {CHECKPOINT_NAME} into {tmp}")
                 publish_dir(tmp, path, marker_text=key + "\n")
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                print(f"[teacher-cache] the teacher build stopped; its progress stays in {tmp} and the next run "
+                      "that needs this teacher continues it", flush=True)
                 raise
         return CacheEntry(path, key, reused=False)
 
