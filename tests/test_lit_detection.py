@@ -511,3 +511,21 @@ def test_fused_frozen_teacher_gives_the_same_kd_loss(name):
     _, logs_plain = plain.compute_loss(batch)
     _, logs_fused = fused.compute_loss(batch)
     torch.testing.assert_close(logs_fused["train/kd"], logs_plain["train/kd"], rtol=1e-4, atol=1e-5)
+
+
+def test_validation_postprocess_is_multi_label_like_the_reference_validator():
+    """Issue 15.5: validation kept one class per anchor; Ultralytics' validator keeps every class above conf."""
+    from fgkd.lit.detection import DetectionModule
+    from fgkd.models.detectors.base import build_detector
+    from fgkd.models.detectors.ops import postprocess
+
+    detector = build_detector("yolov8n", 2).eval()
+    module = DetectionModule(detector, class_names=["a", "b"])
+    assert module.postprocess_kwargs["multi_label"] is True
+    with torch.no_grad():
+        raw = detector(torch.zeros(1, 3, 64, 64))
+    raw = {**raw, "cls": torch.full_like(raw["cls"], -10.0)}
+    raw["cls"][0, 0, :] = 2.0  # one anchor, both classes confident
+    single = postprocess(raw, conf=0.5)
+    multi = detector.postprocess(raw, conf=0.5, multi_label=True)
+    assert len(single[0]["labels"]) == 1 and sorted(multi[0]["labels"].tolist()) == [0, 1]

@@ -282,7 +282,8 @@ def test_model_config_matches_spec_and_builds(size):
     assert (cfg.training_mode, cfg.iou_type, cfg.bins) == (spec.training_mode, spec.iou_type, spec.bins)
     assert recipe.optimizer.lr == 0.0032 and recipe.scheduler.lrf == 0.12 and recipe.close_mosaic == 15
     assert dict(recipe.loss) == {"cls_weight": 1.0, "iou_weight": 2.5, "dfl_weight": 0.5, "topk": 13,
-                                 "alpha": 1.0, "beta": 6.0, "atss_warmup_epochs": 0}  # fmt: skip
+                                 "alpha": 1.0, "beta": 6.0, "atss_warmup_epochs": 0,
+                                 "min_candidate_size": 0}  # fmt: skip
     with torch.device("meta"):
         model = build_detector(
             cfg.name, num_classes=3, weights=cfg.weights, training_mode=cfg.training_mode,

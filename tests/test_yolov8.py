@@ -338,7 +338,8 @@ def test_hydra_model_config(name):
     assert (recipe.optimizer.momentum, recipe.optimizer.weight_decay, recipe.optimizer.nbs) == (0.9, 5e-4, 64)
     assert recipe.scheduler.lrf == 0.01 and recipe.scheduler.warmup_epochs == 3
     assert recipe.scheduler.warmup_bias_lr == 0.0 and recipe.close_mosaic == 10
-    assert dict(recipe.loss) == {"box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5, "topk": 10, "alpha": 0.5, "beta": 6.0}
+    assert dict(recipe.loss) == {"box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5, "topk": 10, "alpha": 0.5, "beta": 6.0,
+                                 "min_candidate_size": 16}
     # the loss block is a valid set of build_detector overrides
     with torch.device("meta"):
         model = build_detector(model_cfg.name, num_classes=3, **recipe.loss)

@@ -86,7 +86,8 @@ class DetectionModule(pl.LightningModule):
         view / val_view: training / validation view of the student (``original`` | ``preprocessed``).
         connectors: add 1×1 conv connectors on the student side where tapped channel counts differ.
         fuse_teacher: fuse the frozen teacher once (``Detector.fuse()``: same outputs, cheaper forward; ``kd.fuse_teacher``).
-        conf / iou / max_det: ``postprocess`` settings for validation (COCO protocol: 0.001 / 0.7 / 300).
+        conf / iou / max_det / multi_label: ``postprocess`` settings for validation (COCO protocol: 0.001 /
+            0.7 / 300, multi-label as the Ultralytics validator that produces the published mAPs).
         history_path: JSON file rewritten (atomically, rank 0) after every validation epoch
             (``fgkd.lit.history.ValidationHistory``); it survives ``ddp_spawn`` and crashes.
         bn_recalibration_batches / bn_recalibration_below_step: before each validation while
@@ -119,6 +120,7 @@ class DetectionModule(pl.LightningModule):
         conf: float = 0.001,
         iou: float = 0.7,
         max_det: int = 300,
+        multi_label: bool = True,
         history_path: str | os.PathLike[str] | None = None,
         bn_recalibration_batches: int = 4,
         bn_recalibration_below_step: int = 2000,
@@ -140,7 +142,9 @@ class DetectionModule(pl.LightningModule):
         self.dataset_size = dataset_size
         self.alpha = float(alpha)
         self.view, self.val_view, self.teacher_view = view, val_view, teacher_view
-        self.postprocess_kwargs = dict(conf=conf, iou=iou, max_det=max_det)
+        # multi-label (every class above conf per anchor), as the Ultralytics validator computes the mAP it
+        # publishes; single-label validation gives systematically different (lower recall) numbers
+        self.postprocess_kwargs = dict(conf=conf, iou=iou, max_det=max_det, multi_label=multi_label)
 
         kd_loss = build_kd_loss(kd or "none", **dict(kd_params or {})) if isinstance(kd, str) or kd is None else kd
         self.kd_loss = kd_loss

@@ -76,7 +76,8 @@ class Detector(nn.Module):
         raise NotImplementedError
 
     def postprocess(
-        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300
+        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+        multi_label: bool = False,
     ) -> list[dict[str, torch.Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -278,11 +278,12 @@ class YOLOv6(Detector):
         return self._criterion["fn"](raw, targets, epoch=epoch)
 
     def postprocess(
-        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300
+        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+        multi_label: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         from fgkd.models.detectors.ops import postprocess
 
-        return postprocess(raw, conf=conf, iou=iou, max_det=max_det)
+        return postprocess(raw, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label)
 
     def fuse(self) -> YOLOv6:
         """Deploy conversion in place (Conv+BN folding, RepVGG → single 3×3 conv); leaves the model in eval

@@ -307,9 +307,10 @@ class YOLOv8(Detector):
         return self._criterion["fn"](raw, targets, epoch=epoch)
 
     def postprocess(
-        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300
+        self, raw: DetectorOutput, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+        multi_label: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
-        return postprocess(raw, conf=conf, iou=iou, max_det=max_det)
+        return postprocess(raw, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label)
 
     @torch.no_grad()
     def fuse(self) -> YOLOv8:
