@@ -7,6 +7,9 @@ teacher -> student), print the task's metrics and the run folder, return the opt
 from __future__ import annotations
 
 import math
+import shutil
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -14,14 +17,20 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from fgkd.config import validate
+    from fgkd.config import ConfigError, validate
+    from fgkd.data.formats.common import DataError
     from fgkd.metrics.table import format_table
     from fgkd.pipeline import run
     from fgkd.tasks import get_task
 
-    settings = validate(cfg)
-    task = get_task(settings.task)
-    result = run(cfg)
+    try:
+        settings = validate(cfg)
+        task = get_task(settings.task)
+        result = run(cfg)
+    except (ConfigError, DataError) as err:  # a bad value or bad data: one message, no traceback, exit 2
+        _remove_unstarted_run_folder()
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     rows = {settings.label: result.metrics}
     teacher_metrics = getattr(result, "teacher_metrics", None)
     if teacher_metrics:  # two stages: the teacher was validated on its own view
@@ -39,6 +48,18 @@ def main(cfg: DictConfig) -> float:
         print(f"best ckpt:  {result.best_ckpt}")
     metric = str(cfg.get("optimized_metric") or "val/map").removeprefix("val/")
     return float(result.metrics.get(metric, math.nan))
+
+
+def _remove_unstarted_run_folder() -> None:
+    """A run that never trained leaves no folder behind (only Hydra's own files would be in it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        folder = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under @hydra.main
+        return
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

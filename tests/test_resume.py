@@ -107,3 +107,25 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(compose_train, tm
     assert result.last_ckpt == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()
     assert last["epoch"] == 2
     assert result.best_ckpt is not None and result.best_ckpt.name == "best.ckpt"
+
+
+def test_sigterm_saves_progress_and_exits_143(tmp_path, tiny_synthpipes):
+    """A scheduler's SIGTERM used to end the run with exit code 0, as if it had finished."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, str(REPO_ROOT / "train.py"), "kd=none", "imgsz=64", "epochs=200", "batch_size=2",
+               "num_workers=0", "logger=none", "data.synthpipes.num_images=8", "data.synthpipes.max_side=96",
+               "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-2000:]
+    assert "stopped by SIGTERM" in out and "ckpt_path=auto" in out
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()

@@ -231,3 +231,15 @@ def test_recipe_augmentation_reaches_the_datamodule_unless_overridden(compose_tr
     assert (datamodule.preprocess, datamodule.teacher_view) == ("rb_sf", "preprocessed")
     with pytest.raises(ValueError, match="preprocess=rb_sf"):
         task.build_datamodule(compose_train("preprocess=none", "kd.teacher_view=preprocessed"), "student")
+
+
+@pytest.mark.parametrize("override, key", [("alpha=-1", "alpha"), ("data=yolo data.root=/nonexistent/pdi", "/nonexistent")])
+def test_a_bad_value_is_one_message_exit_2_and_no_run_folder(tmp_path, override, key):
+    run = tmp_path / "runs" / "x"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *override.split(), "kd=none",
+                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and key in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:")
+    assert not run.exists()

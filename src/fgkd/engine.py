@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -211,7 +212,19 @@ def fit(
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except SIGTERMException:
+            # Lightning stops on SIGTERM (a scheduler's preemption) by raising SystemExit() - exit code 0, as if
+            # the run had finished. Keep the progress and exit 143 (128 + SIGTERM) so callers see the stop.
+            last = output_dir / "checkpoints" / "last.ckpt"
+            try:
+                trainer.save_checkpoint(last)
+                saved = f"progress saved to {last}; "
+            except Exception as err:  # noqa: BLE001 - the stop itself must still be reported
+                saved = f"could not save {last} ({err}); "
+            print(f"stopped by SIGTERM: {saved}resume with ckpt_path=auto (same run folder)", flush=True)
+            raise SystemExit(143) from None
 
     checkpoint_cb = trainer.checkpoint_callback
     best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb and checkpoint_cb.best_model_path else None

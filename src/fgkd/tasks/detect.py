@@ -192,6 +192,10 @@ class DetectTask(Task):
 
     def validate(self, cfg: DictConfig) -> None:
         validate_detection(cfg)
+        root = OmegaConf.select(cfg, "data.root")
+        if root and not Path(str(root)).expanduser().is_dir():
+            raise ConfigError(f"data.root={root} is not a directory. Fix: set data.root to the dataset folder "
+                              "(the one holding data.yaml, or images/ and labels/)")
         if self.needs_teacher(cfg) and str(cfg.stage) == "full" and not OmegaConf.select(cfg, "teacher.ckpt"):
             if self.kd_teacher_view(cfg) == "preprocessed":
                 self.require_combo(cfg, "kd.teacher_view=preprocessed (the teacher learns on X_M)")
