@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
                               threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images))
         print(f"scores: {out / 'scores.csv'} (and predictions.json), heat maps: {out / 'images'}")
         return
-    out = predict(cfg.ckpt, cfg.source, cfg.out_dir, imgsz=int(cfg.imgsz or 640), conf=float(cfg.conf),
+    out = predict(cfg.ckpt, cfg.source, cfg.out_dir, imgsz=int(cfg.imgsz) if cfg.imgsz else None, conf=float(cfg.conf),
                   iou=float(cfg.iou), max_det=int(cfg.max_det), device=str(cfg.device), save_images=bool(cfg.save_images))
     print(f"predictions: {out / 'predictions.json'} (csv beside it), annotated images: {out / 'images'}")
 

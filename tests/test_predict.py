@@ -88,3 +88,20 @@ def test_predict_entry_point(tmp_path, tiny_synthpipes, detector_file):
     missing = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), f"hydra.run.dir={tmp_path / 'r2'}"],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert missing.returncode != 0 and "ckpt=" in (missing.stdout + missing.stderr)
+
+
+def test_predict_uses_the_trained_size_and_warns_on_a_mismatch(tmp_path, tiny_synthpipes, capsys):
+    """Issue 11.6: a model trained at 160 px was run at the default 640 px without a word."""
+    from fgkd.models.detectors.base import build_detector
+    from fgkd.tasks.detect import save_detector
+
+    torch.manual_seed(0)
+    path = save_detector(tmp_path / "d.pt", build_detector("yolov8n", num_classes=3),
+                         {"name": "yolov8n", "num_classes": 3, "kwargs": {}}, NAMES, imgsz=96)
+    source = tiny_synthpipes / "images" / "val"
+    out = predict(path, source, tmp_path / "a", conf=0.001, max_det=2, save_images=False)
+    assert json.loads((out / "predictions.json").read_text())["imgsz"] == 96
+    assert "warning" not in capsys.readouterr().out
+    out = predict(path, source, tmp_path / "b", imgsz=64, conf=0.001, max_det=2, save_images=False)
+    assert json.loads((out / "predictions.json").read_text())["imgsz"] == 64
+    assert "trained at 96" in capsys.readouterr().out

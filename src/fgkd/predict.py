@@ -104,13 +104,23 @@ def run_detector(ckpt: str | os.PathLike[str], files: list[Path], imgsz: int, co
 
 
 def predict(ckpt: str | os.PathLike[str], source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-            imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, device: str = "auto",
+            imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, device: str = "auto",
             save_images: bool = True) -> Path:
-    """Predict on ``source``; returns the output folder (predictions.json/csv + annotated PNGs)."""
-    if imgsz % 32:
-        raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
+    """Predict on ``source``; returns the output folder (predictions.json/csv + annotated PNGs).
+
+    ``imgsz`` None: the size the detector was trained at (stored in ``detector.pt``; 640 for files without
+    it); a different size is allowed and said in one warning line."""
     files = iter_images(source)
     _, info = load_detector(ckpt, map_location="cpu")
+    trained = info.get("imgsz")
+    if imgsz is None:
+        imgsz = int(trained or 640)
+    elif trained and int(imgsz) != int(trained):
+        print(f"warning: predicting at imgsz={imgsz}, but {ckpt} was trained at {trained} (omit imgsz to use it)",
+              flush=True)
+    imgsz = int(imgsz)
+    if imgsz % 32:
+        raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
     names = list(info.get("class_names") or [])
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -126,7 +136,7 @@ def predict(ckpt: str | os.PathLike[str], source: str | os.PathLike[str], out_di
             png = out / "images" / f"{pred.path.stem}.png"
             cv2.imwrite(str(png), cv2.cvtColor(draw(image, pred, names), cv2.COLOR_RGB2BGR))
     tmp = out / "predictions.json.tmp"
-    tmp.write_text(json.dumps({"ckpt": str(ckpt), "imgsz": imgsz, "conf": conf, "iou": iou,
+    tmp.write_text(json.dumps({"ckpt": str(ckpt), "imgsz": imgsz, "trained_imgsz": trained, "conf": conf, "iou": iou,
                                "class_names": names, "images": records}, indent=1))
     os.replace(tmp, out / "predictions.json")
     with open(out / "predictions.csv", "w", newline="") as handle:

@@ -72,10 +72,12 @@ def build_student(model_cfg: Mapping[str, Any], num_classes: int) -> tuple[Detec
 
 
 def save_detector(path: str | os.PathLike[str], detector: Detector, spec: Mapping[str, Any],
-                  class_names: list[str] | None) -> Path:
-    """A detector-only weights file, written atomically (never with non-finite weights)."""
+                  class_names: list[str] | None, imgsz: int | None = None) -> Path:
+    """A detector-only weights file, written atomically (never with non-finite weights); ``imgsz``: the
+    training input size (predict.py's default)."""
     check_finite_state(detector.state_dict(), f"detector file {path}")
-    payload = {"state_dict": detector.state_dict(), "detector": dict(spec), "class_names": class_names}
+    payload = {"state_dict": detector.state_dict(), "detector": dict(spec), "class_names": class_names,
+               "imgsz": int(imgsz) if imgsz else None}
     return atomic_save(path, lambda handle: torch.save(payload, handle))
 
 
@@ -90,16 +92,18 @@ def load_detector(path: str | os.PathLike[str], map_location: str | torch.device
     payload = torch.load(path, map_location=map_location, weights_only=False)
     if "detector" in payload:
         spec, class_names, state, prefix = payload["detector"], payload.get("class_names"), payload["state_dict"], ""
+        imgsz = payload.get("imgsz")
     elif "hyper_parameters" in payload and "detector_spec" in payload["hyper_parameters"]:
         hparams = payload["hyper_parameters"]
         spec, class_names, state, prefix = hparams["detector_spec"], hparams.get("class_names"), payload["state_dict"], STUDENT_PREFIX
+        imgsz = None
     else:
         raise ValueError(f"{path}: neither a fgkd detector file nor a DetectionModule checkpoint (no detector spec)")
     if not spec:
         raise ValueError(f"{path}: the detector spec is empty; cannot rebuild the model")
     detector = build_detector(spec["name"], int(spec["num_classes"]), **dict(spec.get("kwargs") or {}))
     detector.load_state_dict(student_weights(state, prefix), strict=True)
-    return detector, {"detector": spec, "class_names": class_names}
+    return detector, {"detector": spec, "class_names": class_names, "imgsz": imgsz}
 
 
 def student_weights(state: Mapping[str, torch.Tensor], prefix: str = STUDENT_PREFIX) -> dict[str, torch.Tensor]:
@@ -312,7 +316,7 @@ class DetectTask(Task):
             state = torch.load(best_ckpt, map_location="cpu", weights_only=False)["state_dict"]
             detector, _ = build_student({**self.model_config(cfg, role), "weights": None}, int(spec["num_classes"]))
             detector.load_state_dict(student_weights(state))
-        return save_detector(output_dir / DETECTOR_FILE, detector, spec, class_names)
+        return save_detector(output_dir / DETECTOR_FILE, detector, spec, class_names, imgsz=int(cfg.imgsz))
 
     def load_artifact(self, path: str | os.PathLike[str]) -> tuple[Detector, dict[str, Any]]:
         return load_detector(path)
