@@ -243,3 +243,16 @@ def test_a_bad_value_is_one_message_exit_2_and_no_run_folder(tmp_path, override,
     assert "Traceback" not in done.stderr and key in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error:")
     assert not run.exists()
+
+
+def test_logs_get_one_line_per_epoch_with_the_total_and_an_estimate(tmp_path, tiny_synthpipes):
+    """Issue 11.2: non-interactive logs were carriage-return bar lines reading `Epoch 11` with no total."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY, "epochs=2",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert all("map " in line and "eta " in line and "loss " in line for line in lines)
+    assert "\r" not in done.stdout and "\r" not in done.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from fgkd.config import to_plain
 from fgkd.io import atomic_write_json, read_json
 from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.optim import Recipe, accumulate_steps
+from fgkd.lit.progress import EpochLines, StageProgressBar
 
 if TYPE_CHECKING:
     from fgkd.tasks.base import Task
@@ -161,16 +163,24 @@ def _output_dir(cfg: DictConfig, output_dir: str | os.PathLike[str] | None) -> P
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = None,
-                  recipe: Mapping[str, Any] | None = None) -> tuple[pl.Trainer, list[Any]]:
-    """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers."""
+                  recipe: Mapping[str, Any] | None = None, stage: str = "",
+                  metrics: tuple[str, ...] = ()) -> tuple[pl.Trainer, list[Any]]:
+    """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers. ``stage`` names the fit
+    on the progress bar and in the per-epoch lines (``teacher``, ``student``); ``metrics``: the columns printed."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
     progress_on = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is not False
+    overrides: dict[str, Any] = {}
+    if progress_on and not sys.stdout.isatty():
+        progress_on = False  # a log file: one line per epoch instead of carriage-return bar lines
+        overrides["enable_progress_bar"] = False
     if progress_on and not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
         # Lightning prefers a Rich bar whenever `rich` is importable (the Optuna sweeper pulls it in); the
-        # tqdm bar prints plainly into log files and terminals alike.
-        callbacks.append(pl.callbacks.TQDMProgressBar())
+        # tqdm bar prints plainly into terminals.
+        callbacks.append(StageProgressBar(stage))
+    if not progress_on:
+        callbacks.append(EpochLines(stage, metrics))
     loggers = instantiate_loggers(cfg.get("logger"), output_dir)
-    overrides = resolve_trainer_args(cfg, recipe)
+    overrides.update(resolve_trainer_args(cfg, recipe))
     # checkpoints written beside their destination, fsync'ed, renamed (a full disk keeps the earlier file)
     overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False,
                      plugins=[AtomicCheckpointIO()])
@@ -207,7 +217,8 @@ def fit(
     if ckpt_path:  # resuming this run: keep its earlier epochs
         module.history.load()
 
-    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {})
+    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {},
+                                     stage=role if role != "base" else "", metrics=tuple(task.metric_columns[:3]))
     with warnings.catch_warnings():
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
