@@ -289,3 +289,20 @@ def test_duplicate_boxes_are_dropped_and_counted_and_duplicate_coco_ids_refused(
     path.write_text(json.dumps(content))
     with pytest.raises(DataError, match=r"instances_train\.json: image ids \[\d+\] appear more than once"):
         index_coco(coco, COCO_ANNS)
+
+
+def test_a_jpeg_with_corrupt_entropy_data_is_a_bad_image(tmp_path):
+    """Issue 15.11: OpenCV decoded it with a libjpeg warning on stderr only, a silently damaged sample."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((128, 128, 3)) * 255).astype(np.uint8)
+    ok, encoded = cv2.imencode(".jpg", image)
+    data = bytearray(encoded.tobytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40):  # scramble the middle of the scan, keep the end marker
+        data[i] = 0xFF if i % 7 == 0 else data[i] ^ 0x5A
+    (tmp_path / "bad.jpg").write_bytes(bytes(data))
+    (tmp_path / "good.jpg").write_bytes(encoded.tobytes())
+    assert cv2.imread(str(tmp_path / "bad.jpg")) is not None  # what OpenCV alone accepts
+    with pytest.raises(BadImageError, match="corrupt JPEG data"):
+        imageio.read_image(tmp_path / "bad.jpg")
+    assert imageio.read_image(tmp_path / "good.jpg").shape == (128, 128, 3)
+    assert imageio.read_image(tmp_path / "good.jpg", reduction=2).shape == (64, 64, 3)

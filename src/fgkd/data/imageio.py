@@ -145,6 +145,23 @@ def jpeg_reduction(size: tuple[int, int], long_side: int) -> int:
     return 1
 
 
+def _check_jpeg_stream(path: Path, data: np.ndarray, decoded_shape: tuple[int, int]) -> None:
+    """Corrupt JPEG entropy data: OpenCV (libjpeg) decodes it anyway, with only a warning on stderr and grey or
+    shifted blocks in the image; PIL's decoder reports it as an error. Decoded by PIL at the size OpenCV
+    produced (``draft``: the same DCT reduction), so the check costs about one more decode, once per image
+    with the resized-image cache on."""
+    import io as _io
+
+    from PIL import Image
+
+    try:
+        with Image.open(_io.BytesIO(data.tobytes())) as pil:
+            pil.draft("RGB", (decoded_shape[1], decoded_shape[0]))
+            pil.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(path, f"corrupt JPEG data ({err}); OpenCV would decode it with damaged blocks") from err
+
+
 def read_image(path: str | os.PathLike, reduction: int = 1) -> np.ndarray:
     """Decode to RGB uint8 [H, W, 3]: gray is replicated, alpha dropped, 16-bit scaled, EXIF applied.
 
@@ -160,6 +177,8 @@ def read_image(path: str | os.PathLike, reduction: int = 1) -> np.ndarray:
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:
         raise BadImageError(path, "OpenCV cannot decode it (corrupt or unsupported format)")
+    if _is_jpeg(data[:2].tobytes()):
+        _check_jpeg_stream(path, data, image.shape[:2])
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     image = to_uint8(image)
