@@ -190,8 +190,8 @@ def test_report_counts(yolo_root, tmp_path, capsys):
     assert printed.strip() == module.report_text.strip()
     assert len(printed.strip().splitlines()) <= 25  # one screen
     rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.split()[:1] in (["train"], ["val"])}
-    assert rows["train"] == ["4", "1", "1", "1", "1", "6", "1", "1", "0"]
-    assert rows["val"] == ["2", "0", "0", "0", "0", "2", "0", "0", "0"]
+    assert rows["train"] == ["4", "1", "1", "1", "1", "6", "1", "1", "0", "0", "0"]
+    assert rows["val"] == ["2", "0", "0", "0", "0", "2", "0", "0", "0", "0", "0"]
     assert "x.jpg" in printed
 
 
@@ -307,3 +307,25 @@ def test_a_missing_or_empty_val_split_fails_before_training(tmp_path, compose_tr
     module = _module(root, tmp_path, augment=None)
     with pytest.raises(DataError, match=r"the val split (is not configured|has no images).*data.yaml"):
         prepare(module)
+
+
+def test_soft_and_empty_masks_are_counted_or_refused(yolo_root, tmp_path):
+    """Issue 15.8: a noisy 0..255 mask and an all-zero mask of an image with boxes were accepted silently."""
+    from fgkd.data.formats.common import DataError
+
+    masks = sorted((yolo_root / "masks" / "train").glob("*.png"))
+    rng = np.random.default_rng(0)
+    clean = cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE)
+    noisy = np.clip((clean > 0) * 200 + rng.integers(0, 60, clean.shape), 0, 255).astype(np.uint8)  # JPEG-like
+    cv2.imwrite(str(masks[0]), noisy)
+    cv2.imwrite(str(masks[1]), np.zeros_like(cv2.imread(str(masks[1]), cv2.IMREAD_GRAYSCALE)))
+    module = _module(yolo_root, tmp_path)
+    module.setup("fit")
+    stats = module.index.stats["train"]
+    assert (stats.soft_masks, stats.empty_masks_with_boxes) == (1, 1)
+    assert "mask_soft" in module.report_text and "mask_empty" in module.report_text
+    with pytest.raises(DataError, match=r"(?s)2 suspicious mask\(s\).*not binary.*all-zero mask but"):
+        _module(yolo_root, tmp_path, mask_check="error").setup("fit")
+    off = _module(yolo_root, tmp_path, mask_check="off")
+    off.setup("fit")
+    assert off.index.stats["train"].soft_masks == 0

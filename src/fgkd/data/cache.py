@@ -32,7 +32,7 @@ from fgkd.io import atomic_save
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the stored content or the resize method changes
+CACHE_VERSION = 2  # bump when the stored content or the resize method changes (2: mask_soft stored)
 
 
 
@@ -45,23 +45,27 @@ class LoadedImage:
     mask: np.ndarray  # bool [h, w]
     orig_shape: tuple[int, int]  # (h, w) of the decoded source image
     mask_resized: bool  # the source mask had a different size than the image
+    mask_soft: float = 0.0  # fraction of source mask pixels neither background nor foreground value
 
 
-def load_mask(record: SampleRecord, shape: tuple[int, int], threshold: float) -> tuple[np.ndarray, bool]:
-    """The record's mask at ``shape`` (h, w); nearest-resized when the source differs (flagged)."""
+def load_mask(record: SampleRecord, shape: tuple[int, int], threshold: float | str
+              ) -> tuple[np.ndarray, bool, float]:
+    """The record's mask at ``shape`` (h, w), whether it was nearest-resized (its source differs), and the
+    fraction of its source pixels that are neither background nor foreground (``read_mask_checked``)."""
     height, width = shape
+    soft = 0.0
     if isinstance(record.mask, Path):
-        mask = imageio.read_mask(record.mask, threshold)
+        mask, soft = imageio.read_mask_checked(record.mask, threshold)
     elif isinstance(record.mask, SegmentMask):
         mask = record.mask.rasterize()
     elif record.mask == "full":
-        return np.ones(shape, bool), False
+        return np.ones(shape, bool), False, 0.0
     elif record.mask == "empty":
-        return np.zeros(shape, bool), False
+        return np.zeros(shape, bool), False, 0.0
     else:  # pragma: no cover - formats only produce the above
         raise ValueError(f"{record.image}: unknown mask source {record.mask!r}")
     resized = mask.shape != (height, width)
-    return imageio.resize_mask_nearest(mask, height, width), resized
+    return imageio.resize_mask_nearest(mask, height, width), resized, soft
 
 
 def load_source(record: SampleRecord, imgsz: int, mask_threshold: float | str = "auto") -> LoadedImage:
@@ -71,10 +75,10 @@ def load_source(record: SampleRecord, imgsz: int, mask_threshold: float | str = 
     orig_shape = (int(image.shape[0]), int(image.shape[1]))
     if reduction > 1 and orig_shape != tuple(record.size):
         orig_shape = tuple(record.size)  # decoded at 1/reduction: the header has the true size
-    mask, mask_resized = load_mask(record, orig_shape, mask_threshold)
+    mask, mask_resized, soft = load_mask(record, orig_shape, mask_threshold)
     image = resize_long_side(image, imgsz)
     mask = imageio.resize_mask_nearest(mask, image.shape[0], image.shape[1])
-    return LoadedImage(np.ascontiguousarray(image), mask, orig_shape, mask_resized)
+    return LoadedImage(np.ascontiguousarray(image), mask, orig_shape, mask_resized, soft)
 
 
 def cache_key(record: SampleRecord, imgsz: int, mask_threshold: float | str = "auto") -> str:
@@ -123,6 +127,7 @@ class ResizedImageCache:
                     stored["mask"].astype(bool),
                     (int(stored["orig_shape"][0]), int(stored["orig_shape"][1])),
                     bool(stored["mask_resized"]),
+                    float(stored["mask_soft"]) if "mask_soft" in stored else 0.0,
                 )
         except (OSError, ValueError, KeyError, EOFError) as error:
             # Not produced by our atomic writes, but a disk can still be damaged: rebuild the entry.
@@ -136,7 +141,21 @@ class ResizedImageCache:
             mask=loaded.mask,
             orig_shape=np.asarray(loaded.orig_shape, np.int64),
             mask_resized=np.asarray(loaded.mask_resized),
+            mask_soft=np.asarray(loaded.mask_soft, np.float32),
         ))
+
+    def mask_info(self, record: SampleRecord) -> tuple[float, bool]:
+        """``(mask_soft, mask has foreground)`` of a record, reading only the mask arrays of a cached entry."""
+        path = self.path_for(record)
+        if self.enabled and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    soft = float(stored["mask_soft"]) if "mask_soft" in stored else 0.0
+                    return soft, bool(stored["mask"].any())
+            except (OSError, ValueError, KeyError, EOFError):
+                pass
+        loaded = self.load(record)
+        return loaded.mask_soft, bool(loaded.mask.any())
 
     def load(self, record: SampleRecord) -> LoadedImage:
         """The resized sample, from the cache when present, else decoded (and stored when enabled)."""

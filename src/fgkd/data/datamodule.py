@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("yolo", "coco")
 SPLITS = ("train", "val", "test")
+#: data.mask_check: what a soft mask (JPEG/anti-aliased: > SOFT_MASK_FRACTION of its pixels neither 0 nor max)
+#: or an all-zero mask of an image with boxes does: fail, be counted in the report, or nothing
+MASK_CHECKS = ("error", "warn", "off")
+SOFT_MASK_FRACTION = 0.02
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -114,6 +118,7 @@ class DetectionDataModule(L.LightningDataModule):
         cache_threads: int | None = None,
         skip_bad: bool = False,
         missing_mask: str = "error",
+        mask_check: str = "warn",
         mask_threshold: float | str = "auto",
         min_box_size: float = 1.0,
         seed: int = 0,
@@ -166,6 +171,9 @@ class DetectionDataModule(L.LightningDataModule):
         self.cache_threads = cache_threads
         self.skip_bad = bool(skip_bad)
         self.missing_mask = missing_mask
+        if mask_check not in MASK_CHECKS:
+            raise DataError(f"data.mask_check={mask_check!r}: choose one of {', '.join(MASK_CHECKS)}")
+        self.mask_check = mask_check
         self.mask_threshold = mask_threshold if mask_threshold == "auto" else float(mask_threshold)
         self.min_box_size = float(min_box_size)
         self.seed = int(seed)
@@ -280,6 +288,30 @@ class DetectionDataModule(L.LightningDataModule):
                 stats.images -= 1
                 for cls in records[position].classes.tolist():
                     stats.boxes_per_class[cls] -= 1
+        self._check_masks(index, cache)
+
+    def _check_masks(self, index: DatasetIndex, cache: ResizedImageCache) -> None:
+        """Soft masks (a binarised JPEG keeps its noise) and all-zero masks of images with boxes (the teacher's
+        view of such an image removes the damage): counted per split, or an error with data.mask_check=error."""
+        if self.mask_check == "off" or not cache.enabled:
+            return
+        problems: list[str] = []
+        for split, records in index.splits.items():
+            stats = index.stats[split]
+            for record in records:
+                if isinstance(record.mask, str):  # missing_mask=full|empty: a policy, not a file
+                    continue
+                soft, has_foreground = cache.mask_info(record)
+                if soft > SOFT_MASK_FRACTION:
+                    stats.soft_masks += 1
+                    problems.append(f"{record.image}: mask not binary ({soft:.0%} of its pixels in between)")
+                if not has_foreground and len(record.boxes):
+                    stats.empty_masks_with_boxes += 1
+                    problems.append(f"{record.image}: all-zero mask but {len(record.boxes)} box(es)")
+        if problems and self.mask_check == "error":
+            listed = "\n  ".join(problems[:20])
+            raise DataError(f"{len(problems)} suspicious mask(s):\n  {listed}\nFix: export binary masks (PNG, 0/255) "
+                            "that cover the objects, or set data.mask_check=warn to count them only")
 
     def prepare_data(self) -> None:
         """Rank 0 only: generate SynthPipes data and fill the resized-image cache (files only, no state)."""

@@ -202,6 +202,12 @@ def mask_threshold_for(mask: np.ndarray, threshold: float | str) -> float:
 def read_mask(path: str | os.PathLike, threshold: float | str = AUTO_THRESHOLD) -> np.ndarray:
     """Decode a foreground mask to bool [H, W]: ``value > threshold`` (``auto``: :func:`mask_threshold_for`,
     so 0/1 and 0/255 PNGs both work); colour masks are converted to gray first."""
+    return read_mask_checked(path, threshold)[0]
+
+
+def read_mask_checked(path: str | os.PathLike, threshold: float | str = AUTO_THRESHOLD) -> tuple[np.ndarray, float]:
+    """:func:`read_mask` and the fraction of pixels strictly between the mask's min and max value (0 for a
+    binary mask; a JPEG-compressed or anti-aliased one is well above 0)."""
     path = Path(path)
     data = _read_bytes(path)
     mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
@@ -209,7 +215,9 @@ def read_mask(path: str | os.PathLike, threshold: float | str = AUTO_THRESHOLD) 
         raise BadImageError(path, "OpenCV cannot decode the mask")
     if mask.ndim == 3:
         mask = mask.max(axis=2)
-    return mask > mask_threshold_for(mask, threshold)
+    low, high = mask.min(), mask.max()
+    soft = float(((mask > low) & (mask < high)).mean()) if high > low else 0.0
+    return mask > mask_threshold_for(mask, threshold), soft
 
 
 def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -18,6 +18,8 @@ class SplitStats:
     clipped: int = 0  # boxes partly outside the image, clipped to it
     dropped: int = 0  # degenerate boxes (empty after clipping / below min_box_size) dropped
     duplicates: int = 0  # exact duplicate boxes (same class and coordinates) dropped
+    soft_masks: int = 0  # masks that are not close to binary (JPEG / anti-aliased), data.mask_check
+    empty_masks_with_boxes: int = 0  # all-zero masks of images that have boxes, data.mask_check
     crowd_ignored: int = 0  # COCO iscrowd annotations (not used for training)
     boxes_per_class: dict[int, int] = field(default_factory=dict)
     skipped_files: list[str] = field(default_factory=list)
@@ -41,6 +43,8 @@ _COLUMNS = (
     ("clipped", "clipped"),
     ("dropped", "dropped"),
     ("duplicates", "duplicates"),
+    ("soft_masks", "mask_soft"),
+    ("empty_masks_with_boxes", "mask_empty"),
 )
 
 
