@@ -109,8 +109,9 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(compose_train, tm
     assert result.best_ckpt is not None and result.best_ckpt.name == "best.ckpt"
 
 
-def test_sigterm_saves_progress_and_exits_143(tmp_path, tiny_synthpipes):
-    """A scheduler's SIGTERM used to end the run with exit code 0, as if it had finished."""
+@pytest.mark.parametrize(("signum", "code", "what"), [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")])
+def test_a_stopped_run_saves_progress_and_exits_non_zero(tmp_path, tiny_synthpipes, signum, code, what):
+    """A scheduler's SIGTERM ended the run with exit code 0 (as if finished), Ctrl-C with 1."""
     import signal
     import time
 
@@ -124,8 +125,8 @@ def test_sigterm_saves_progress_and_exits_143(tmp_path, tiny_synthpipes):
     while not (run / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert proc.poll() is None, proc.stdout.read()[-2000:]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signum))
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 143, out[-2000:]
-    assert "stopped by SIGTERM" in out and "ckpt_path=auto" in out
+    assert proc.returncode == code, out[-2000:]
+    assert f"stopped by {what}" in out and "ckpt_path=auto" in out
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()

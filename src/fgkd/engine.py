@@ -228,14 +228,11 @@ def fit(
         except SIGTERMException:
             # Lightning stops on SIGTERM (a scheduler's preemption) by raising SystemExit() - exit code 0, as if
             # the run had finished. Keep the progress and exit 143 (128 + SIGTERM) so callers see the stop.
-            last = output_dir / "checkpoints" / "last.ckpt"
-            try:
-                trainer.save_checkpoint(last)
-                saved = f"progress saved to {last}; "
-            except Exception as err:  # noqa: BLE001 - the stop itself must still be reported
-                saved = f"could not save {last} ({err}); "
-            print(f"stopped by SIGTERM: {saved}resume with ckpt_path=auto (same run folder)", flush=True)
-            raise SystemExit(143) from None
+            _stopped(trainer, output_dir, "SIGTERM", 143)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            _stopped(trainer, output_dir, "Ctrl-C", 130)  # Lightning's graceful Ctrl-C exits 1
 
     checkpoint_cb = trainer.checkpoint_callback
     best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb and checkpoint_cb.best_model_path else None
@@ -259,6 +256,18 @@ def fit(
         write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role)))
         _announce_wandb(loggers)
     return result
+
+
+def _stopped(trainer: pl.Trainer, output_dir: Path, what: str, code: int) -> None:
+    """Save the progress of an interrupted fit into its last.ckpt, say how to resume, exit ``code``."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.save_checkpoint(last)
+        saved = f"progress saved to {last}; "
+    except Exception as err:  # noqa: BLE001 - the stop itself must still be reported
+        saved = f"could not save {last} ({err}); "
+    print(f"stopped by {what}: {saved}resume with ckpt_path=auto (same run folder)", flush=True)
+    raise SystemExit(code) from None
 
 
 def validate_once(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> dict[str, float]:

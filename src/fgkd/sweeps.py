@@ -267,7 +267,9 @@ def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = (), keys: Sequence
                                   preexec_fn=_die_with_parent if threading.active_count() == 1 else None)
         metrics = read_metrics(run_dir, keys) if proc.returncode == 0 else None
         if metrics is None:
-            (run_dir / "FAILED").write_text(f"exit code {proc.returncode}\n")
+            stopped = proc.returncode in (130, 143, -2, -15)  # Ctrl-C / SIGTERM: the run saved its last.ckpt
+            (run_dir / "FAILED").write_text(f"{'interrupted, ' if stopped else ''}exit code {proc.returncode}"
+                                            f"{' (rerunning the sweep resumes it)' if stopped else ''}\n")
         return RunResult(run, run_dir, metrics, failed=metrics is None, log=log)
     finally:
         lock.close()
