@@ -60,6 +60,9 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
     second = run(compose_train(*TINY, own_cache, "kd=mse", "alpha=0.1", "preprocess=rb", output_dir=tmp_path / "mse"))
     assert second.teacher_reused and second.teacher_path == first.teacher_path
     assert _sha(second.teacher_path) == teacher_hash  # distilling from it never writes it
+    for folder in ("cs", "mse"):  # the run folder names the teacher it used (issue 11.4)
+        linked = tmp_path / folder / "teacher" / "detector.pt"
+        assert linked.is_file() and _sha(linked) == teacher_hash
 
     payload = json.loads(second.metrics_path.read_text())
     five = {"map", "map_50", "mar_1", "mar_10", "mar_100"}

@@ -87,6 +87,20 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
     return entry
 
 
+def link_teacher(source: Path, folder: Path, name: str) -> Path:
+    """``<run>/teacher/<artifact>``: the teacher this run used (a symlink into the teacher cache, a copy where
+    links are not possible), so ``stage=student teacher.ckpt=<run>/teacher/detector.pt`` names a real file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    try:
+        target.symlink_to(Path(source).resolve())
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
 def run(cfg: DictConfig) -> FitResult | PipelineResult | ExpandedResult:
     """Dispatch ``cfg`` by ``stage`` and the task's teacher stage (module docstring)."""
     task = get_task(cfg)
@@ -155,6 +169,7 @@ def run_two_stage(cfg: DictConfig, task: Task) -> PipelineResult:
         teacher_info = {"path": str(entry.path), "key": entry.key, "reused": entry.reused, "source": "cache",
                         "run": teacher_run}
     teacher_info["metrics"] = teacher_metrics
+    teacher_info["file"] = str(link_teacher(teacher_path, output_dir / "teacher", task.artifact_name))
     teacher, _ = task.load_artifact(teacher_path)
 
     student_run = task.run_info(cfg, "student")
