@@ -105,3 +105,14 @@ def test_predict_uses_the_trained_size_and_warns_on_a_mismatch(tmp_path, tiny_sy
     out = predict(path, source, tmp_path / "b", imgsz=64, conf=0.001, max_det=2, save_images=False)
     assert json.loads((out / "predictions.json").read_text())["imgsz"] == 64
     assert "trained at 96" in capsys.readouterr().out
+
+
+def test_labels_of_boxes_at_the_image_edge_stay_inside_the_image():
+    """Issue 11.6: the label of a box at the top/right edge was cut off ("damaged.")."""
+    from fgkd.predict import Prediction, draw
+
+    image = np.zeros((60, 80, 3), np.uint8)
+    pred = Prediction(Path("x.png"), np.array([[60.0, 0.0, 80.0, 20.0]]), np.array([0.9]), np.array([0]))
+    canvas = draw(image, pred, ["damaged_insulation"])
+    assert (canvas[:, 0] != 0).any()  # the wide label is pulled left to start at the border, not cut at the right
+    assert (canvas[0:14] != 0).any()  # drawn inside the top edge, not above the image

@@ -79,8 +79,12 @@ def draw(image: np.ndarray, pred: Prediction, names: list[str]) -> np.ndarray:
         text = f"{names[int(label)] if int(label) < len(names) else label} {score:.2f}"
         font = 0.4 * thickness
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
-        cv2.rectangle(canvas, (x1, max(0, y1 - th - 4)), (x1 + tw + 2, y1), colour, -1)
-        cv2.putText(canvas, text, (x1 + 1, max(th, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1,
+        # the label above the box, or inside its top edge when that would leave the image; never past the right
+        tx = min(max(0, x1), max(0, image.shape[1] - tw - 2))
+        top = y1 - th - 4 if y1 - th - 4 >= 0 else min(y1, image.shape[0] - th - 4)
+        top = max(0, top)
+        cv2.rectangle(canvas, (tx, top), (tx + tw + 2, top + th + 4), colour, -1)
+        cv2.putText(canvas, text, (tx + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1,
                     cv2.LINE_AA)
     return canvas
 
