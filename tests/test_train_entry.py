@@ -254,5 +254,6 @@ def test_logs_get_one_line_per_epoch_with_the_total_and_an_estimate(tmp_path, ti
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert (tmp_path / "run" / "results.png").stat().st_size > 2000  # the metrics per epoch (issue 11.5)
     assert all("map " in line and "eta " in line and "loss " in line for line in lines)
     assert "\r" not in done.stdout and "\r" not in done.stderr

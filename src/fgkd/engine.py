@@ -33,6 +33,7 @@ from fgkd.io import atomic_write_json, read_json
 from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
+from fgkd.metrics.curves import RESULTS_FILE, plot_history
 
 if TYPE_CHECKING:
     from fgkd.tasks.base import Task
@@ -254,6 +255,11 @@ def fit(
     )
     if trainer.is_global_zero:
         write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role)))
+        try:
+            plot_history(result.history, output_dir / RESULTS_FILE, task.metric_columns, task.display_names,
+                         title=f"{task.name} · {role}")
+        except Exception as err:  # noqa: BLE001 - a picture must never fail a finished run
+            log.warning("could not draw %s: %s", output_dir / RESULTS_FILE, err)
         _announce_wandb(loggers)
     return result
 
