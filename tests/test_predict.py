@@ -101,7 +101,8 @@ def test_predict_uses_the_trained_size_and_warns_on_a_mismatch(tmp_path, tiny_sy
     source = tiny_synthpipes / "images" / "val"
     out = predict(path, source, tmp_path / "a", conf=0.001, max_det=2, save_images=False)
     assert json.loads((out / "predictions.json").read_text())["imgsz"] == 96
-    assert "warning" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "warning" not in printed and "ms/image" in printed and "detections" in printed  # count and speed
     out = predict(path, source, tmp_path / "b", imgsz=64, conf=0.001, max_det=2, save_images=False)
     assert json.loads((out / "predictions.json").read_text())["imgsz"] == 64
     assert "trained at 96" in capsys.readouterr().out

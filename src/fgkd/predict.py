@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ def predict(ckpt: str | os.PathLike[str], source: str | os.PathLike[str], out_di
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
+    started = time.perf_counter()
     for pred in tqdm(run_detector(ckpt, files, imgsz, conf, iou, max_det, device), total=len(files),
                      desc="predict", unit="img"):
         detections = [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4),
@@ -149,4 +151,7 @@ def predict(ckpt: str | os.PathLike[str], source: str | os.PathLike[str], out_di
         for rec in records:
             for d in rec["detections"]:
                 writer.writerow([rec["image"], d["name"], d["label"], d["score"], *d["box_xyxy"]])
+    seconds = time.perf_counter() - started
+    print(f"{len(records)} images, {sum(len(r['detections']) for r in records)} detections (conf >= {conf}) at "
+          f"{imgsz} px, {seconds * 1000 / max(len(records), 1):.1f} ms/image", flush=True)
     return out
