@@ -217,6 +217,7 @@ def fit(
     module = task.build_module(cfg, role, datamodule, teacher=teacher, history_path=output_dir / HISTORY_FILE)
     if ckpt_path:  # resuming this run: keep its earlier epochs
         module.history.load()
+    _announce_fit(task, cfg, role, module, output_dir, epochs)
 
     trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {},
                                      stage=role if role != "base" else "", metrics=tuple(task.metric_columns[:3]))
@@ -262,6 +263,16 @@ def fit(
             log.warning("could not draw %s: %s", output_dir / RESULTS_FILE, err)
         _announce_wandb(loggers)
     return result
+
+
+def _announce_fit(task: Task, cfg: DictConfig, role: str, module: pl.LightningModule, output_dir: Path,
+                  epochs: int | None) -> None:
+    """One line naming the fit: its role, model, parameter counts (frozen teachers excluded), epochs, folder."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    model = task.run_info(cfg, role).get("model", "?")
+    print(f"[{task.name}] {role} fit: {model}, {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters, "
+          f"{epochs if epochs is not None else cfg.epochs} epochs -> {output_dir}", flush=True)
 
 
 def _stopped(trainer: pl.Trainer, output_dir: Path, what: str, code: int) -> None:
