@@ -257,3 +257,17 @@ def test_logs_get_one_line_per_epoch_with_the_total_and_an_estimate(tmp_path, ti
     assert (tmp_path / "run" / "results.png").stat().st_size > 2000  # the metrics per epoch (issue 11.5)
     assert all("map " in line and "eta " in line and "loss " in line for line in lines)
     assert "\r" not in done.stdout and "\r" not in done.stderr
+
+
+def test_a_two_stage_run_names_its_stages_and_estimates_the_whole_run(tmp_path, tiny_synthpipes):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    overrides = [o for o in TINY if o != "kd=none"] + ["kd=cs", f"paths.cache_dir={tmp_path / 'cache'}"]
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "[detect] teacher fit: yolov8n" in out and "[detect] student fit: yolov8n" in out
+    teacher = [line for line in out.splitlines() if line.startswith("teacher 1/2 · epoch 1/1")]
+    student = [line for line in out.splitlines() if line.startswith("student 2/2 · epoch 1/1")]
+    assert len(teacher) == 1 and "run eta" in teacher[0] and len(student) == 1 and "run eta" not in student[0]
+    assert "Total FLOPs" not in out

@@ -165,7 +165,7 @@ def _output_dir(cfg: DictConfig, output_dir: str | os.PathLike[str] | None) -> P
 
 def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = None,
                   recipe: Mapping[str, Any] | None = None, stage: str = "",
-                  metrics: tuple[str, ...] = ()) -> tuple[pl.Trainer, list[Any]]:
+                  metrics: tuple[str, ...] = (), later_epochs: int = 0) -> tuple[pl.Trainer, list[Any]]:
     """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers. ``stage`` names the fit
     on the progress bar and in the per-epoch lines (``teacher``, ``student``); ``metrics``: the columns printed."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
@@ -179,7 +179,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = Non
         # tqdm bar prints plainly into terminals.
         callbacks.append(StageProgressBar(stage))
     if not progress_on:
-        callbacks.append(EpochLines(stage, metrics))
+        callbacks.append(EpochLines(stage, metrics, later_epochs))
     loggers = instantiate_loggers(cfg.get("logger"), output_dir)
     overrides.update(resolve_trainer_args(cfg, recipe))
     # checkpoints written beside their destination, fsync'ed, renamed (a full disk keeps the earlier file)
@@ -219,8 +219,11 @@ def fit(
         module.history.load()
     _announce_fit(task, cfg, role, module, output_dir, epochs)
 
-    trainer, loggers = build_trainer(cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {},
-                                     stage=role if role != "base" else "", metrics=tuple(task.metric_columns[:3]))
+    two_stage = str(cfg.get("stage", "full")) == "full" and task.needs_teacher(cfg)
+    stage = {"teacher": "teacher 1/2", "student": "student 2/2"}.get(role, role) if two_stage else role
+    trainer, loggers = build_trainer(
+        cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {}, stage="" if role == "base" else stage,
+        metrics=tuple(task.metric_columns[:3]), later_epochs=int(cfg.epochs) if two_stage and role == "teacher" else 0)
     with warnings.catch_warnings():
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")

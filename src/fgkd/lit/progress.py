@@ -41,8 +41,11 @@ def _format_eta(seconds: float) -> str:
 
 
 class EpochLines(pl.Callback):
-    def __init__(self, stage: str = "", metrics: tuple[str, ...] = ()) -> None:
-        self.stage, self.metrics = stage, tuple(metrics)
+    """``later_epochs``: epochs of the stages still to come (the student after a teacher), counted into the
+    estimate at this stage's pace, so the teacher's lines estimate the whole run."""
+
+    def __init__(self, stage: str = "", metrics: tuple[str, ...] = (), later_epochs: int = 0) -> None:
+        self.stage, self.metrics, self.later_epochs = stage, tuple(metrics), int(later_epochs)
         self._fit_start = self._epoch_start = time.monotonic()
         self._first_epoch: int | None = None
 
@@ -69,5 +72,8 @@ class EpochLines(pl.Callback):
         done = trainer.current_epoch + 1 - (self._first_epoch or 0)
         left = (trainer.max_epochs or 0) - trainer.current_epoch - 1
         if done > 0 and left >= 0:
-            parts.append(f"eta {_format_eta((time.monotonic() - self._fit_start) / done * left)}")
+            pace = (time.monotonic() - self._fit_start) / done
+            parts.append(f"eta {_format_eta(pace * left)}")
+            if self.later_epochs:
+                parts.append(f"run eta {_format_eta(pace * (left + self.later_epochs))}")
         print("  ".join(parts), flush=True)
