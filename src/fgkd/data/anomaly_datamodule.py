@@ -89,8 +89,7 @@ class AnomalyDataModule(pl.LightningDataModule):
     def __init__(self, layout: str = "synthtex", root: str | None = None, category: str = "woven", imgsz: int = 256,
                  batch_size: int = 16, val_batch_size: int | None = None, num_workers: int = 2,
                  pin_memory: bool | None = None, skip_bad: bool = False, mask_threshold: float | str = "auto",
-                 synthtex: Mapping[str, Any] | None = None, cache_root: str | None = None, seed: int = 0,
-                 task: str = "anomaly") -> None:
+                 synthtex: Mapping[str, Any] | None = None, cache_root: str | None = None, seed: int = 0) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise DataError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")

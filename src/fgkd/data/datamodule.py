@@ -288,7 +288,6 @@ class DetectionDataModule(L.LightningDataModule):
                 stats.images -= 1
                 for cls in records[position].classes.tolist():
                     stats.boxes_per_class[cls] -= 1
-        self._check_masks(index, cache)
 
     def _check_masks(self, index: DatasetIndex, cache: ResizedImageCache) -> None:
         """Soft masks (a binarised JPEG keeps its noise) and all-zero masks of images with boxes (the teacher's
@@ -322,6 +321,7 @@ class DetectionDataModule(L.LightningDataModule):
         if self.index is None:
             index = self._build_index()
             self._build_cache(index, self.progress and self._is_global_zero())
+            self._check_masks(index, self._cache())  # once, on the index this module keeps (not in prepare_data)
             self.index = index
             self._class_names = list(index.class_names)
             self.datasets = {split: self._make_dataset(split) for split in index.splits}

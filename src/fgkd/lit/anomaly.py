@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.lit.history import ValidationHistory
-from fgkd.metrics.anomaly import ANOMALY_METRICS, anomaly_metrics, aupro_rd4ad
+from fgkd.metrics.anomaly import anomaly_metrics, aupro_rd4ad
 from fgkd.models.anomaly.components.anomaly_map import gaussian_blur, image_scores
 from fgkd.models.anomaly.reverse_distillation.loss import flat_cosine_loss, pixel_cosine_loss
 
@@ -160,4 +160,4 @@ class AnomalyModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-__all__ = ["ANOMALY_METRICS", "AnomalyModule", "baseline_maps"]
+__all__ = ["AnomalyModule", "baseline_maps"]

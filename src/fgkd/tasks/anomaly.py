@@ -140,7 +140,8 @@ class AnomalyTask(Task):
 
     # -- one fit ------------------------------------------------------------------------------------------
     def build_datamodule(self, cfg: DictConfig, role: str) -> AnomalyDataModule:
-        data = {k: v for k, v in to_plain(cfg.data).items() if k != "groups"}
+        # `task` and `groups` describe the config (its task, the texture/object split), not the datamodule
+        data = {k: v for k, v in to_plain(cfg.data).items() if k not in ("task", "groups")}
         if str(data.get("category")) == ALL_CATEGORIES:
             raise ConfigError("data.category=all is a run of one fit per category (fgkd.pipeline expands it)")
         return instantiate(data)
