@@ -26,6 +26,15 @@ def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
 
 
+def shortcut(c_in: int, c_out: int, upsample: bool) -> nn.Module:
+    """The residual path of a decoder block: 2×2 deconv + BN when upsampling, 1×1 conv + BN when the width
+    changes, else identity."""
+    if not upsample and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(deconv2x2(c_in, c_out) if upsample else nn.Conv2d(c_in, c_out, 1, bias=False),
+                         nn.BatchNorm2d(c_out))
+
+
 class UpBottleneck(nn.Module):
     """RD4AD's decoder Bottleneck: 1×1 → (2×2 deconv if upsampling else 3×3) → 1×1 (×4), residual."""
 
@@ -40,9 +49,7 @@ class UpBottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3, self.bn3 = nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        needs_shortcut = upsample or inplanes != out
-        self.shortcut = (nn.Sequential(deconv2x2(inplanes, out) if upsample else nn.Conv2d(inplanes, out, 1, bias=False),
-                                       nn.BatchNorm2d(out)) if needs_shortcut else nn.Identity())
+        self.shortcut = shortcut(inplanes, out, upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -62,9 +69,7 @@ class UpBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2, self.bn2 = conv3x3(planes, planes), nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        needs_shortcut = upsample or inplanes != planes
-        self.shortcut = (nn.Sequential(deconv2x2(inplanes, planes) if upsample else nn.Conv2d(inplanes, planes, 1, bias=False),
-                                       nn.BatchNorm2d(planes)) if needs_shortcut else nn.Identity())
+        self.shortcut = shortcut(inplanes, planes, upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
