@@ -1,8 +1,9 @@
-"""LightningModule of the anomaly task: every reverse-distillation variant (``rd``, ``rd2t``; BSDRD later).
+"""LightningModule of the anomaly task: every reverse-distillation variant (``rd``, ``rd2t``, ``bsdrd``).
 
-* training: the frozen encoder(s) see a defect-free batch, the student rebuilds their maps; the loss is the
-  model's (``flat`` or ``pixel`` cosine, ``model.loss``); the other form is logged beside it
-  (``train/loss_flat``, ``train/loss_pixel``), as anomaly_spec.md §4.2.5 asks;
+* training: the frozen encoder(s) see a defect-free batch, the student(s) rebuild their maps; the loss is the
+  model's (``model.loss``), and what ``model.loss_parts`` returns is logged beside it (RD: both cosine forms,
+  ``train/loss_flat`` and ``train/loss_pixel``, as anomaly_spec.md §4.2.5 asks; BSDRD: each student's terms,
+  MD-GFLoss and its gates);
 * validation = the labelled test split: blurred anomaly maps, image score = max; image AUROC (labels from
   the folders), pixel AUROC, exact AU-PRO up to ``fpr_limit`` (``fgkd.metrics.anomaly``), RD4AD's per-image
   PRO as ``pro_rd4ad`` for comparison with papers (optional, it is slow), and the same metrics for the
@@ -27,7 +28,6 @@ from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
 from fgkd.lit.history import ValidationHistory
 from fgkd.metrics.anomaly import anomaly_metrics, aupro_rd4ad
 from fgkd.models.anomaly.components.anomaly_map import gaussian_blur, image_scores
-from fgkd.models.anomaly.reverse_distillation.loss import flat_cosine_loss, pixel_cosine_loss
 
 SCHEDULERS = ("none", "cosine", "cosine_restarts")
 
@@ -39,7 +39,8 @@ def baseline_maps(images: torch.Tensor, mean_image: torch.Tensor, sigma: float) 
 
 class AnomalyModule(pl.LightningModule):
     """Args:
-        model: a ``ReverseDistillation`` (``forward → (teacher, student)``, ``loss``, ``predict``).
+        model: an anomaly model (``forward → (teacher, student outputs)``, ``loss``, ``loss_parts``, ``predict``,
+            ``sigma``): ``ReverseDistillation`` or ``BSDRD``.
         optimizer: ``{name: adam|adamw, lr, betas, weight_decay}``; scheduler: ``{name: none|cosine|cosine_restarts,
             t_max (epochs), eta_min}`` (paper 001: "cosine annealing … period 32").
         mean_image: ``[3, S, S]`` mean normalised training image (None: no baseline).
@@ -74,9 +75,7 @@ class AnomalyModule(pl.LightningModule):
         loss = self.model.loss(teacher, student)
         if self.nonfinite.skip(loss, lambda: (self.current_epoch, self.global_step, "")):
             return None
-        with torch.no_grad():
-            parts = {"train/loss_flat": flat_cosine_loss(teacher, student),
-                     "train/loss_pixel": pixel_cosine_loss(teacher, student)}
+        parts = {f"train/{k}": v for k, v in self.model.loss_parts(teacher, student).items()}
         n = images.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log_dict(parts, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)

@@ -7,6 +7,11 @@ one-class embedding (OCE). Facts: anomaly.md §1.2, anomaly_spec.md §1.
 * ``OneClassEmbedding``: a ResNet stage of stride 2 on the 3p channels — torchvision ``Bottleneck`` blocks of
   ``planes=512`` (2048@8²; width 1024 with the official ``width_per_group=128``, 512 with anomalib's 64) or
   ``BasicBlock`` (512@8² for ResNet18/34 teachers).
+* ``DynamicMultiScaleFusion`` (BSDRD's struct student, our reading of "dynamically fuses and compresses
+  multi-scale features"): the same three branches, each weighted before the concatenation — ``softmax``: three
+  learned logits; ``attention``: per-image weights from the pooled branches (SK-Net style: sum → GAP → FC →
+  ReLU → FC → softmax over the scales); ``concat``: no weights (RD4AD's MFF). Weights are scaled by 3 so equal
+  weights reproduce the plain MFF.
 RD4AD's unused ``conv4``/``bn4`` are not built.
 """
 
@@ -36,10 +41,51 @@ class MultiScaleFusion(nn.Module):
         self.level3 = nn.Identity() if c3 == p else conv_bn_relu(c3, p, kernel=1)
         self.out_channels = 3 * p
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def branches(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The three levels brought to stride 16 and ``path_channels`` each."""
         if len(features) != 3:
             raise ValueError(f"MFF fuses 3 levels, got {len(features)}")
-        return torch.cat([self.level1(features[0]), self.level2(features[1]), self.level3(features[2])], dim=1)
+        return [self.level1(features[0]), self.level2(features[1]), self.level3(features[2])]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(self.branches(features), dim=1)
+
+
+SCALE_WEIGHTINGS = ("softmax", "attention", "concat")
+
+
+class DynamicMultiScaleFusion(MultiScaleFusion):
+    """MFF whose three branches are weighted (learned or per-image) before the concatenation (module docstring)."""
+
+    def __init__(self, in_channels: Sequence[int], path_channels: int | None = None, weighting: str = "softmax",
+                 r: int = 16) -> None:
+        super().__init__(in_channels, path_channels)
+        if weighting not in SCALE_WEIGHTINGS:
+            raise ValueError(f"model.struct_fusion={weighting!r}: choose one of {', '.join(SCALE_WEIGHTINGS)}")
+        self.weighting = weighting
+        p = self.out_channels // 3
+        if weighting == "softmax":
+            self.logits = nn.Parameter(torch.zeros(3))
+        elif weighting == "attention":
+            hidden = max(p // int(r), 8)
+            self.select = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(p, hidden),
+                                        nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+
+    def scale_weights(self, branches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[B, 3]`` weights (summing to 3) of the stride-16 branches."""
+        batch = branches[0].shape[0]
+        if self.weighting == "softmax":
+            w = self.logits.softmax(0).expand(batch, 3)
+        elif self.weighting == "attention":
+            w = self.select(branches[0] + branches[1] + branches[2]).softmax(1)
+        else:
+            w = branches[0].new_full((batch, 3), 1.0 / 3)
+        return 3 * w
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        branches = self.branches(features)
+        w = self.scale_weights(branches)
+        return torch.cat([b * w[:, k].view(-1, 1, 1, 1) for k, b in enumerate(branches)], dim=1)
 
 
 class OneClassEmbedding(nn.Module):

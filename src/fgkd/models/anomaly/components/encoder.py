@@ -15,8 +15,9 @@ warning says that RD's numbers need ImageNet features (paper 001 Table 5: 78.99 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -26,6 +27,17 @@ from torch import nn
 ENCODERS = ("wide_resnet50_2", "resnet50", "resnet34", "resnet18")
 #: keys of a full classification checkpoint that a conv2_x-conv4_x encoder does not have
 _DROPPED_PREFIXES = ("layer4.", "fc.")
+
+
+def encoder_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return {"name": spec, "weights": None}
+    unknown = set(spec) - {"name", "weights"}
+    if unknown:
+        raise ValueError(f"model.encoder: unknown keys {sorted(unknown)}; allowed: name, weights")
+    return {"name": str(spec.get("name", "wide_resnet50_2")), "weights": spec.get("weights")}
 
 
 class RandomEncoderWarning(UserWarning):

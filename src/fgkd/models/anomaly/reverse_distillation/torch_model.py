@@ -30,25 +30,19 @@ from fgkd.models.anomaly.components.anomaly_map import FUSIONS, anomaly_map, ima
 from fgkd.models.anomaly.components.attention import MSCAM, IterativeAFF
 from fgkd.models.anomaly.components.bottleneck import MultiScaleFusion, OneClassEmbedding, kaiming_init
 from fgkd.models.anomaly.components.decoders import DeResNet, InverseBlockDecoder
-from fgkd.models.anomaly.components.encoder import FrozenEncoder
-from fgkd.models.anomaly.reverse_distillation.loss import LOSS_FORMS, reverse_distillation_loss
+from fgkd.models.anomaly.components.encoder import FrozenEncoder, encoder_spec
+from fgkd.models.anomaly.reverse_distillation.loss import (
+    LOSS_FORMS,
+    flat_cosine_loss,
+    pixel_cosine_loss,
+    reverse_distillation_loss,
+)
 from fgkd.models.registry import check_options, register_model
 
 DECODERS = ("de_resnet", "inverse")
 FUSION_MODES = ("per_teacher", "concat_first")
 FUSE_OPS = ("iaff", "add")
 _BOTTLENECK_ENCODERS = ("wide_resnet50_2", "resnet50")
-
-
-def _encoder_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        return {"name": spec, "weights": None}
-    unknown = set(spec) - {"name", "weights"}
-    if unknown:
-        raise ValueError(f"model.encoder: unknown keys {sorted(unknown)}; allowed: name, weights")
-    return {"name": str(spec.get("name", "wide_resnet50_2")), "weights": spec.get("weights")}
 
 
 class ReverseDistillation(nn.Module):
@@ -65,7 +59,7 @@ class ReverseDistillation(nn.Module):
                                     ("map_fusion", map_fusion, FUSIONS)):
             if value not in allowed:
                 raise ValueError(f"model.{key}={value!r}: choose one of {', '.join(allowed)}")
-        specs = [s for s in (_encoder_spec(encoder), _encoder_spec(encoder2)) if s is not None]
+        specs = [s for s in (encoder_spec(encoder), encoder_spec(encoder2)) if s is not None]
         self.encoders = nn.ModuleList(FrozenEncoder(s["name"], weights=s["weights"]) for s in specs)
         self.loss_form, self.map_fusion, self.sigma = loss, map_fusion, float(sigma)
         self.fusion = fusion if len(specs) == 2 else "single"
@@ -130,6 +124,11 @@ class ReverseDistillation(nn.Module):
     # -- objectives and maps ------------------------------------------------------------------------------
     def loss(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
         return reverse_distillation_loss(teacher, student, self.loss_form)
+
+    @torch.no_grad()
+    def loss_parts(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Both loss forms, logged beside the loss (anomaly_spec.md §4.2.5)."""
+        return {"loss_flat": flat_cosine_loss(teacher, student), "loss_pixel": pixel_cosine_loss(teacher, student)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
