@@ -46,7 +46,7 @@ def test_train_py_anomaly_prints_the_metrics_beside_the_baseline_and_exports_a_f
 
     # the exported model reproduces the reported metrics on the same test split
     model, info = load_anomaly_model(run / "anomaly.pt")
-    assert info["imgsz"] == 64 and info["data"] == {"layout": "synthtex", "category": "woven"}
+    assert info["imgsz"] == 64 and info["data"] == {"layout": "synthtex", "category": "woven", "resize_mode": "square"}
     from fgkd.data.anomaly_datamodule import AnomalyDataModule
 
     dm = AnomalyDataModule("synthtex", category="woven", imgsz=64, num_workers=0, cache_root=str(fgkd_cache),

@@ -230,3 +230,52 @@ def test_training_moves_the_students_not_the_teacher_and_lowers_the_loss():
         torch.testing.assert_close(v, encoder_state[k], msg=k)  # frozen: BN statistics too
     assert not torch.allclose(model.map_scale, torch.ones(2))  # the running map level of each student
     assert not torch.allclose(model.mdgf.dim_log_gate, torch.zeros(2))
+
+
+# -- through the real entry point -----------------------------------------------------------------------------
+TINY_TILES = ["task=anomaly", "data=synthtiles", "scale=smoke", "epochs=1", "batch_size=4", "num_workers=0",
+              "logger=none", "imgsz=64", "data.synthtiles.height=48", "data.synthtiles.num_train=6",
+              "data.synthtiles.num_test_free=3", "data.synthtiles.num_test_per_defect=1",
+              "model.encoder.name=resnet18", "model.oce_blocks=1", "model.detail_width=32",
+              "trainer.enable_progress_bar=false"]
+
+
+def test_train_bsdrd_on_synthtiles_and_the_exported_model_reproduces_the_metrics(compose_train, tmp_path):
+    from pathlib import Path
+
+    from fgkd.config import validate
+    from fgkd.data.anomaly_datamodule import AnomalyDataModule
+    from fgkd.engine import read_metrics
+    from fgkd.metrics.anomaly import anomaly_metrics
+    from fgkd.pipeline import run
+    from fgkd.predict_anomaly import predict_anomaly
+    from fgkd.tasks.anomaly import load_anomaly_model
+
+    cfg = compose_train(*TINY_TILES, "model=bsdrd", "model.md_gates=learned", "data.resize_mode=letterbox")
+    validate(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    payload = read_metrics(out / "metrics.json")
+    assert payload["task"] == "anomaly" and payload["run"]["model"] == "bsdrd"
+    model, info = load_anomaly_model(out / "anomaly.pt")
+    assert isinstance(model, BSDRD) and model.mdgf.gates == "learned"
+    assert info["data"] == {"layout": "synthtiles", "category": "mtd", "resize_mode": "letterbox"}
+    dm = AnomalyDataModule("synthtiles", category="mtd", imgsz=64, num_workers=0, cache_root=cfg.data.cache_root,
+                           synthtiles=dict(cfg.data.synthtiles), resize_mode="letterbox")
+    test = dm.test_set
+    batch = [test[i] for i in range(len(test))]
+    maps, _ = model.predict(torch.stack([b["images"] for b in batch]))
+    again = anomaly_metrics(maps, torch.stack([b["masks"] for b in batch]).bool(), torch.stack([b["labels"] for b in batch]))
+    for column in ("image_auroc", "pixel_auroc", "aupro"):
+        assert again[column] == pytest.approx(payload["metrics"][column], abs=1e-5)
+
+    # predict on the original files: letterboxed like training, maps back on each image's own grid
+    files = [s.image for s in test.samples[:2]]
+    pred = predict_anomaly(out / "anomaly.pt", files, tmp_path / "pred", device="cpu")
+    import json
+
+    result = json.loads((pred / "predictions.json").read_text())
+    assert result["resize_mode"] == "letterbox" and len(result["images"]) == 2
+    assert result["images"][0]["score"] == pytest.approx(float(maps[0].max()), abs=1e-4)

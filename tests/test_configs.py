@@ -25,7 +25,9 @@ NEEDS = {("data", "yolo"): ["data.root=/tmp"], ("data", "pdi"): ["data.root=/tmp
          # the anomaly task's options are validated under task=anomaly (the default task is detect)
          ("data", "synthtex"): ["task=anomaly"], ("data", "mvtec"): ["task=anomaly", "data.root=/tmp"],
          ("data", "btad"): ["task=anomaly", "data.root=/tmp"], ("model", "rd"): ["task=anomaly"],
-         ("model", "rd2t"): ["task=anomaly"], ("callbacks", "anomaly"): ["task=anomaly"]}
+         ("model", "rd2t"): ["task=anomaly"], ("callbacks", "anomaly"): ["task=anomaly"],
+         **{("model", m): ["task=anomaly"] for m in ("bsdrd", "bsdrd_struct", "bsdrd_detail", "bsdrd_no_mdgf")},
+         ("data", "synthtiles"): ["task=anomaly"], ("data", "mtd"): ["task=anomaly", "data.root=/tmp"]}
 
 
 def _options(group: str) -> list[str]:
@@ -66,10 +68,11 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
     from fgkd.models.registry import list_models
 
     assert set(group_options("model", "detect")) == set(list_models("detect"))
-    assert set(group_options("model", "anomaly")) == set(list_models("anomaly")) == {"rd", "rd2t"}
+    assert set(group_options("model", "anomaly")) == set(list_models("anomaly")) == {
+        "rd", "rd2t", "bsdrd", "bsdrd_struct", "bsdrd_detail", "bsdrd_no_mdgf"}
     assert set(group_options("model", "detect")) | set(group_options("model", "anomaly")) == set(_options("model"))
     assert set(group_options("data", "detect")) == {"coco", "pdi", "synthpipes", "yolo"}
-    assert set(group_options("data", "anomaly")) == {"btad", "mvtec", "synthtex"}
+    assert set(group_options("data", "anomaly")) == {"btad", "mtd", "mvtec", "synthtex", "synthtiles"}
     cfg = compose_train("model.task=anomaly")
     with pytest.raises(ConfigError, match=r"model is a anomaly config but task=detect; the model options for "
                                           r"task=detect are: yolov6l, .*yolov8s"):
@@ -84,9 +87,9 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
     with pytest.raises(ConfigError, match="optimized_metric"):
         validate(compose_train("optimized_metric=val/auroc"))
     with pytest.raises(ConfigError, match=r"model is a detect config but task=anomaly; the model options for "
-                                          r"task=anomaly are: rd, rd2t"):
+                                          r"task=anomaly are: bsdrd, bsdrd_detail, bsdrd_no_mdgf, bsdrd_struct, rd, rd2t"):
         validate(compose_train("task=anomaly", "model=yolov8n"))
-    with pytest.raises(ConfigError, match=r"data is a detect config but task=anomaly; .* btad, mvtec, synthtex"):
+    with pytest.raises(ConfigError, match=r"data is a detect config but task=anomaly; .* btad, mtd, mvtec, synthtex, synthtiles"):
         validate(compose_train("task=anomaly", "data=synthpipes"))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fgkd.data.anomaly_datamodule import normalize, resize_square
+from fgkd.data.anomaly_datamodule import MEAN_RGB, fit_square, normalize, unfit_square
 from fgkd.data.imageio import read_image
 from fgkd.io import atomic_write_json
 from fgkd.tasks.anomaly import load_anomaly_model
@@ -46,13 +46,14 @@ def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: st
     model, info = load_anomaly_model(ckpt)
     model.to(target).eval()
     size = int(imgsz or info.get("imgsz") or 256)
+    resize_mode = str((info.get("data") or {}).get("resize_mode", "square"))  # as the model was trained
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, maps = [], []
     for start in tqdm(range(0, len(files), batch_size), desc="anomaly maps", unit="batch"):
         chunk = files[start:start + batch_size]
         images = [read_image(p) for p in chunk]
-        batch = torch.stack([normalize(resize_square(im, size)) for im in images]).to(target)
+        batch = torch.stack([normalize(fit_square(im, size, resize_mode, MEAN_RGB)) for im in images]).to(target)
         batch_maps, scores = model.predict(batch)
         for path, image, amap, score in zip(chunk, images, batch_maps.cpu().numpy(), scores.cpu().tolist(), strict=True):
             record = {"image": str(path), "score": round(float(score), 6)}
@@ -64,12 +65,12 @@ def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: st
         vmin = float(np.percentile(np.stack([m for _, _, m in maps]), 1))
         vmax = float(max(m.max() for _, _, m in maps))
         for path, image, amap in maps:
-            full = cv2.resize(amap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            full = unfit_square(amap, image.shape[:2], resize_mode)
             png = out / "images" / f"{path.stem}.png"
             if not cv2.imwrite(str(png), cv2.cvtColor(overlay(image, full, vmin, vmax), cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {png}")
     atomic_write_json(out / "predictions.json", {"ckpt": str(ckpt), "task": "anomaly", "imgsz": size,
-                                                 "threshold": threshold, "model": info.get("model"),
+                                                 "resize_mode": resize_mode, "threshold": threshold, "model": info.get("model"),
                                                  "trained_on": info.get("data"), "images": records})
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -469,7 +469,24 @@ def build_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], l
         if paper:
             row.append(str(paper.get(label, "—")))
         rows.append(row)
+    baseline = _baseline_per_seed(results) if exp.task == "anomaly" else []
+    if baseline:  # the data's trivial baseline: the same for every model, one value per seed
+        row = [BASELINE_ROW] + [_fmt([b[k] for b in baseline if k in b]) for k in keys]
+        row += ["—"] * (len(header) - len(row))
+        rows.append(row)
     return header, rows, failed
+
+
+BASELINE_ROW = "trivial baseline (distance to the mean train image)"
+
+
+def _baseline_per_seed(results: list[RunResult]) -> list[dict[str, float]]:
+    seen: dict[int, dict[str, float]] = {}
+    for r in results:
+        baseline = ((r.payload or {}).get("extras") or {}).get("baseline")
+        if baseline and r.run.seed not in seen:
+            seen[r.run.seed] = {k: float(v) for k, v in baseline.items()}
+    return list(seen.values())
 
 
 def _group_mean(result: RunResult) -> dict[str, float] | None:

@@ -50,7 +50,7 @@ def write_figures(output_dir: str | Path, outputs: Mapping[str, torch.Tensor], t
     fig, axes = plt.subplots(3, max(len(chosen), 1), figsize=(2.0 * max(len(chosen), 1), 6.4), squeeze=False)
     for col, i in enumerate(chosen):
         sample = test_set.samples[int(index[i])]
-        image = load_rgb(sample.image, maps.shape[-1])
+        image = load_rgb(sample.image, maps.shape[-1], test_set.resize_mode)
         outline = image.copy()
         contours, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(outline, contours, -1, (255, 0, 0), 1)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import fgkd
 from fgkd.config import ConfigError, to_plain
-from fgkd.data.anomaly_datamodule import LAYOUTS, AnomalyDataModule
+from fgkd.data.anomaly_datamodule import GENERATED_LAYOUTS, LAYOUTS, AnomalyDataModule
 from fgkd.io import atomic_save
 from fgkd.lit.anomaly import AnomalyModule
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
@@ -120,7 +120,7 @@ class AnomalyTask(Task):
         layout = OmegaConf.select(cfg, "data.layout")
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)} (e.g. data=mvtec)")
-        if layout != "synthtex" and OmegaConf.is_missing(cfg.data, "root"):
+        if layout not in GENERATED_LAYOUTS and OmegaConf.is_missing(cfg.data, "root"):
             raise ConfigError(f"data={layout} needs data.root=<folder holding the {layout} categories> "
                               f"(e.g. `python train.py task=anomaly data={layout} data.root=/data/{layout}`)")
         if str(cfg.stage) != "full":
@@ -164,7 +164,9 @@ class AnomalyTask(Task):
         return module
 
     def _info(self, cfg: DictConfig) -> dict[str, Any]:
-        return {"imgsz": int(cfg.imgsz), "data": {"layout": str(cfg.data.layout), "category": str(cfg.data.category)},
+        return {"imgsz": int(cfg.imgsz), "data": {"layout": str(cfg.data.layout), "category": str(cfg.data.category),
+                                                  "resize_mode": str(OmegaConf.select(cfg, "data.resize_mode",
+                                                                                      default="square"))},
                 "sigma": float(cfg.model.sigma)}
 
     def save_artifact(self, cfg: DictConfig, role: str, module: pl.LightningModule, best_ckpt: Path | None,
@@ -206,6 +208,8 @@ class AnomalyTask(Task):
         data = to_plain(cfg.data)
         if data["layout"] == "synthtex":
             return list((data.get("synthtex") or {}).get("categories") or [])
+        if data["layout"] == "synthtiles":
+            return ["mtd"]
         from fgkd.data.anomaly_datamodule import list_layout_categories
 
         found = list_layout_categories(data["layout"], data["root"])

@@ -7,15 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
 from fgkd import io, paths
+from fgkd.data.synth.generated import ensure_generated
 from fgkd.data.synth.synthtex.render import (
     CATEGORIES,
     DEFECTS,
@@ -87,14 +86,6 @@ def write_category(root: Path, category: str, settings: SynthTexSettings) -> dic
     return counts
 
 
-def _is_complete(root: Path, settings: SynthTexSettings) -> bool:
-    marker = root / io.COMPLETE_MARKER
-    try:
-        return marker.is_file() and json.loads(marker.read_text()).get("generator") == settings.as_dict()
-    except (OSError, ValueError):
-        return False
-
-
 def dataset_dir(cache_root: str | os.PathLike | None = None, **settings) -> Path:
     config = SynthTexSettings(**settings)
     root = Path(cache_root).expanduser() if cache_root is not None else paths.cache_root()
@@ -105,24 +96,10 @@ def ensure_dataset(cache_root: str | os.PathLike | None = None, *, progress: boo
     """The cached SynthTex dataset for ``settings``, generated once (atomic, process-safe)."""
     config = SynthTexSettings(**settings)
     final = dataset_dir(cache_root, **settings)
-    if _is_complete(final, config):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with io.file_lock(final.parent / f".{final.name}.lock") as locked:
-        if _is_complete(final, config):
-            return final
-        if locked:
-            io.remove_stale(final)
-        tmp = io.tmp_sibling(final)
-        try:
-            counts = {}
-            for category in tqdm(config.categories, desc=f"SynthTex -> {final.name}", unit="category",
-                                 disable=not progress):
-                counts[category] = write_category(tmp, category, config)
-            marker = {"generator": config.as_dict(), "counts": counts}
-            io.publish_dir(tmp, final, marker_text=json.dumps(marker, sort_keys=True, indent=1),
-                           keep_existing=lambda existing: _is_complete(existing, config))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+
+    def write(tmp: Path) -> dict[str, dict[str, int]]:
+        return {category: write_category(tmp, category, config)
+                for category in tqdm(config.categories, desc=f"SynthTex -> {final.name}", unit="category",
+                                     disable=not progress)}
+
+    return ensure_generated(final, config.as_dict(), write)

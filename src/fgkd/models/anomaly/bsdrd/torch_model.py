@@ -242,3 +242,21 @@ def bsdrd(num_classes: int = 1, **options: Any) -> BSDRD:
     """BSDRD: struct + detail students, MD-GFLoss (our reading of paper 003's abstract; see the module docstring)."""
     check_options("bsdrd", options, _OPTIONS)
     return BSDRD(**options)
+
+
+#: the ablation rows of ``sweep.py ad_mtd`` as named variants (their own model configs and artifact names)
+_VARIANTS = {"bsdrd_struct": {"students": "struct"}, "bsdrd_detail": {"students": "detail"},
+             "bsdrd_no_mdgf": {"md_gfloss": False}}
+
+
+def _register_variant(name: str, defaults: dict[str, Any]) -> None:
+    @register_model(name, task="anomaly")
+    def variant(num_classes: int = 1, **options: Any) -> BSDRD:
+        check_options(name, options, _OPTIONS)
+        return BSDRD(**{**defaults, **options})
+
+    variant.__doc__ = f"BSDRD ablation {name}: {defaults}."
+
+
+for _name, _defaults in _VARIANTS.items():
+    _register_variant(_name, _defaults)
