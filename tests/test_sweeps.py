@@ -273,3 +273,25 @@ def test_ctrl_c_ends_a_sweep_with_one_line(monkeypatch, capsys):
     assert entry.main(["smoke_grid"]) == 130
     out = capsys.readouterr().out
     assert "interrupted: finished runs are kept" in out and "Traceback" not in out
+
+
+def test_ad_mtd_rows_are_the_models_with_mean_std_over_seeds_and_the_baseline_row(tmp_path):
+    exp = sweeps.load_experiment("ad_mtd")
+    assert exp.task == "anomaly" and exp.params == {"model": ["rd", "rd2t", "bsdrd", "bsdrd_struct", "bsdrd_detail",
+                                                              "bsdrd_no_mdgf"]}
+    runs = exp.runs("smoke", seeds=2)
+    assert len(runs) == 12
+    for run in runs:
+        d = run.directory(tmp_path)
+        d.mkdir(parents=True)
+        score = 0.6 + 0.1 * run.seed + (0.05 if dict(run.params)["model"] == "bsdrd" else 0.0)
+        baseline = {"image_auroc": 0.5 + 0.2 * run.seed, "pixel_auroc": 0.7, "aupro": 0.2}
+        (d / "metrics.json").write_text(json.dumps({
+            "schema": METRICS_SCHEMA, "metrics": {"image_auroc": score, "pixel_auroc": 0.8, "aupro": 0.3},
+            "extras": {"baseline": baseline}}))
+    header, rows, failed = sweeps.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", seeds=2))
+    assert header[:4] == ["Model", "I-AUROC", "P-AUROC", "AUPRO"] and not failed
+    labels = [r[0] for r in rows]
+    assert labels[:3] == ["RD4AD", "two-teacher RD (paper 001)", "BSDRD (struct + detail, MD-GFLoss)"]
+    assert rows[2][1] == "0.700 ± 0.071"  # mean(0.65, 0.75), sample std
+    assert labels[-1] == sweeps.BASELINE_ROW and rows[-1][1] == "0.600 ± 0.141"  # one baseline per seed

@@ -1,4 +1,4 @@
-"""The anomaly task: reverse distillation (``rd``, ``rd2t``) per category, evaluated on the labelled test split.
+"""The anomaly task: reverse distillation (``rd``, ``rd2t``, ``bsdrd``) per category, evaluated on the labelled test split.
 
 Every fit is a ``base`` fit (the frozen encoders are part of the model, not a trained teacher stage).
 ``data.category=all`` expands into one fit per category (``<run>/<category>/``, each resumable, a finished one
