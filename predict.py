@@ -7,18 +7,44 @@ model file picks the task.
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from fgkd.config import ConfigError, validate_predict
+
+    try:
+        validate_predict(cfg)  # no torch import yet: a wrong path fails at once
+    except ConfigError as err:
+        _fail(err, cfg)
+    from fgkd.data.formats.common import DataError
+    from fgkd.data.imageio import BadImageError
+
+    try:
+        _predict(cfg)
+    except (FileNotFoundError, DataError, BadImageError) as err:
+        _fail(err, cfg)
+
+
+def _fail(err: Exception, cfg: DictConfig) -> None:
+    """One line, exit 2, and no empty output folder left behind."""
+    out = Path(str(cfg.out_dir))
+    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
+def _predict(cfg: DictConfig) -> None:
     from fgkd.predict import iter_images, predict
     from fgkd.predict_anomaly import is_anomaly_artifact, predict_anomaly
 
-    for key in ("ckpt", "source"):
-        if not cfg.get(key):
-            raise SystemExit(f"predict.py needs {key}=… (e.g. ckpt=outputs/runs/<run>/student/detector.pt source=imgs/)")
     if is_anomaly_artifact(cfg.ckpt):
         out = predict_anomaly(cfg.ckpt, iter_images(cfg.source), cfg.out_dir, imgsz=cfg.imgsz,
                               threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images))

@@ -18,19 +18,21 @@ from omegaconf import DictConfig
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     from fgkd.config import ConfigError, validate
+
+    try:
+        settings = validate(cfg)  # imports no torch: a bad value fails in about a second
+    except ConfigError as err:
+        _fail(err)
     from fgkd.data.formats.common import DataError
     from fgkd.metrics.table import format_table
     from fgkd.pipeline import run
     from fgkd.tasks import get_task
 
     try:
-        settings = validate(cfg)
         task = get_task(settings.task)
         result = run(cfg)
-    except (ConfigError, DataError) as err:  # a bad value or bad data: one message, no traceback, exit 2
-        _remove_unstarted_run_folder()
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    except (ConfigError, DataError) as err:  # bad data, or a value only the built pieces can check
+        _fail(err)
     rows = {settings.label: result.metrics}
     teacher_metrics = getattr(result, "teacher_metrics", None)
     if teacher_metrics:  # two stages: the teacher was validated on its own view
@@ -48,6 +50,13 @@ def main(cfg: DictConfig) -> float:
         print(f"best ckpt:  {result.best_ckpt}")
     metric = str(cfg.get("optimized_metric") or "val/map").removeprefix("val/")
     return float(result.metrics.get(metric, math.nan))
+
+
+def _fail(err: Exception) -> None:
+    """A bad value or bad data: one message, no traceback, exit 2, no run folder left behind."""
+    _remove_unstarted_run_folder()
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 def _remove_unstarted_run_folder() -> None:

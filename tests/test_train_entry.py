@@ -233,16 +233,70 @@ def test_recipe_augmentation_reaches_the_datamodule_unless_overridden(compose_tr
         task.build_datamodule(compose_train("preprocess=none", "kd.teacher_view=preprocessed"), "student")
 
 
-@pytest.mark.parametrize("override, key", [("alpha=-1", "alpha"), ("data=yolo data.root=/nonexistent/pdi", "/nonexistent")])
-def test_a_bad_value_is_one_message_exit_2_and_no_run_folder(tmp_path, override, key):
-    run = tmp_path / "runs" / "x"
+@pytest.mark.parametrize("script, override, key", [
+    ("train.py", "alpha=-1", "alpha"), ("train.py", "imgsz=100", "imgsz"),
+    ("train.py", "data=yolo data.root=/nonexistent/pdi", "/nonexistent"),
+    ("train.py", "teacher.ckpt=/nonexistent/teacher.pt", "teacher.ckpt"),
+    ("train.py", "task=anomaly data=mtd data.root=/nonexistent/mtd", "/nonexistent/mtd"),
+    ("train.py", "task=anomaly model=bsdrd data.resize_mode=stretch", "data.resize_mode"),
+    ("train.py", "task=anomaly model.encoder.weights=/nonexistent/w.pth", "model.encoder.weights"),
+    ("predict.py", "ckpt=/nonexistent.pt source=.", "ckpt"),
+])
+def test_a_bad_value_is_one_message_exit_2_and_no_run_folder(tmp_path, script, override, key):
+    """Issue 11 point 1: validated before any heavy import (see the sys.modules test below), one line, exit 2,
+    and the default output folder (outputs/ under the working directory) gains nothing."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *override.split(), "kd=none",
-                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    extra = ["kd=none"] if script == "train.py" and "task=anomaly" not in override and "teacher" not in override else []
+    done = subprocess.run([sys.executable, str(REPO_ROOT / script), *override.split(), *extra],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and key in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and key in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error:")
-    assert not run.exists()
+    left = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] if (tmp_path / "outputs").exists() else []
+    assert left == [] and not any((tmp_path / "outputs").glob("*/*")), left
+
+
+VALIDATE_ONLY = """
+import sys
+from hydra import compose, initialize_config_dir
+from fgkd.config import ConfigError, validate, validate_predict
+with initialize_config_dir(sys.argv[1], version_base="1.3"):
+    for overrides in ([], ["model=yolov6s", "kd=cs", "alpha=0.5"], ["task=anomaly", "model=bsdrd"],
+                      ["task=anomaly", "data=synthtiles"], ["alpha=-1"]):
+        try:
+            validate(compose("train", overrides=overrides))
+        except ConfigError:
+            pass
+    try:
+        validate_predict(compose("predict", overrides=["ckpt=/nonexistent.pt", "source=."]))
+    except ConfigError:
+        pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning", "torchvision", "timm", "cv2",
+                                                             "torchmetrics", "scipy", "ptwt"))
+print("HEAVY", heavy)
+"""
+
+
+def test_validation_imports_nothing_heavy():
+    """Issue 11 point 1: the speed proxy — a validation-only call leaves torch, lightning, OpenCV unimported."""
+    done = subprocess.run([sys.executable, "-c", VALIDATE_ONLY, str(REPO_ROOT / "conf")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY []" in done.stdout, done.stdout
+
+
+def test_light_vocabularies_equal_the_registries():
+    """fgkd.options and fgkd.tasks.checks repeat names that the heavy modules register: they must agree."""
+    from fgkd.distill.losses import KD_LOSSES
+    from fgkd.options import KD_NAMES
+    from fgkd.tasks import get_task, list_tasks
+    from fgkd.tasks.checks import SPECS
+
+    assert tuple(sorted(KD_LOSSES)) == KD_NAMES
+    assert sorted(SPECS) == list_tasks()
+    for name, spec in SPECS.items():
+        task = get_task(name)
+        assert tuple(task.metric_columns) == spec.metric_columns and dict(task.display_names) == dict(spec.display_names)
 
 
 def test_logs_get_one_line_per_epoch_with_the_total_and_an_estimate(tmp_path, tiny_synthpipes):

@@ -8,7 +8,6 @@ small typed :class:`RunSettings` so the code downstream reads typed fields, not 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,26 +80,6 @@ def _int(key: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _known(import_names: str) -> list[str] | None:
-    """Registry names from an optional module; None when that module is not importable (yet)."""
-    try:
-        if import_names == "model":
-            from fgkd.models.detectors.base import list_detectors
-
-            return list_detectors()
-        if import_names == "kd":
-            from fgkd.distill.losses import KD_LOSSES
-
-            return sorted(KD_LOSSES)
-        if import_names == "preprocess":
-            from fgkd.preprocess import COMBOS
-
-            return list(COMBOS)
-    except ImportError:
-        return None
-    raise AssertionError(import_names)
-
-
 def group_options(group: str, task: str | None = None) -> list[str]:
     """The options of config group ``group`` (``conf/<group>/*.yaml``), only those declaring ``task`` if given."""
     import yaml
@@ -138,47 +117,12 @@ def _check_task_of(cfg: DictConfig, group: str, key: str, task: str) -> None:
                           f"{options[0] if options else '...'}`)")
 
 
-def validate_detection(cfg: DictConfig) -> None:
-    """The detection task's keys (called by ``fgkd.tasks.detect.DetectTask.validate``)."""
-    model = _get(cfg, "model.name")
-    known = _known("model")
-    if known is not None:
-        _choice("model.name", model, known, hint=f"python train.py model={known[0]}")
-    kd = _get(cfg, "kd.name")
-    known = _known("kd")
-    if known is not None:
-        _choice("kd.name", kd, known, hint="python train.py kd=cs")
-    preprocess = _get(cfg, "preprocess.combo")
-    known = _known("preprocess")
-    if known is not None:
-        _choice("preprocess.combo", preprocess, known, hint="python train.py preprocess=rb_sf")
-    alpha = _get(cfg, "alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ConfigError(f"alpha must be a finite number >= 0 (the KD weight of Eq. 9), got {alpha!r}")
-    teacher_ckpt = _get(cfg, "teacher.ckpt", None)
-    if teacher_ckpt is not None and not Path(str(teacher_ckpt)).expanduser().is_file():
-        raise ConfigError(f"teacher.ckpt={teacher_ckpt!r}: file not found; give a path to a trained teacher checkpoint")
-    if str(_get(cfg, "stage")) == "student" and kd != "none" and teacher_ckpt is None:
-        raise ConfigError(
-            "stage=student with a KD loss needs a trained teacher: set teacher.ckpt=<path to teacher .ckpt/.pt> "
-            "(or use stage=full to train and cache the teacher first)"
-        )
-    recipe = _get(cfg, "model.recipe", None)
-    if recipe is not None:
-        from fgkd.lit.optim import Recipe, RecipeError
-
-        try:
-            Recipe.from_config(OmegaConf.to_container(recipe, resolve=True))
-        except RecipeError as err:
-            raise ConfigError(str(err)) from None
-
-
 def validate(cfg: DictConfig) -> RunSettings:
     """Check the composed config; raise :class:`ConfigError` naming the first bad key."""
-    from fgkd.tasks import get_task, list_tasks
+    from fgkd.tasks.checks import SPECS
 
-    task_name = _choice("task", _get(cfg, "task"), list_tasks())
-    task = get_task(task_name)
+    task_name = _choice("task", _get(cfg, "task"), sorted(SPECS))
+    task = SPECS[task_name]
     _check_task_of(cfg, "model", "model", task_name)
     _check_task_of(cfg, "data", "data", task_name)
     teacher_model = OmegaConf.select(cfg, "teacher.model")
@@ -213,10 +157,32 @@ def validate(cfg: DictConfig) -> RunSettings:
     if resume is not None and str(resume) != "auto" and not Path(str(resume)).expanduser().is_file():
         raise ConfigError(f"ckpt_path={resume!r}: file not found; give a run's checkpoints/last.ckpt to resume, "
                           "or ckpt_path=auto (resume the run folder's own last.ckpt if present)")
-    task.validate(cfg)  # the task's own keys (detect: model registry, kd, preprocess, alpha, teacher, recipe)
+    task.check(cfg)  # the task's own keys (fgkd.tasks.checks: model, kd, preprocess, alpha, paths, recipe)
     teacher_name = OmegaConf.select(cfg, "teacher.model.name") or str(model)
     return RunSettings(
         task=task_name, teacher_model=str(teacher_name), stage=stage, model=str(model), kd=str(kd), preprocess=str(preprocess), alpha=float(alpha), imgsz=imgsz,
         batch_size=batch_size, epochs=epochs, seed=seed, eval_view=eval_view, teacher_view=teacher_view,
         teacher_ckpt=str(teacher_ckpt) if teacher_ckpt is not None else None, teacher_epochs=teacher_epochs,
     )
+
+
+def validate_predict(cfg: DictConfig) -> None:
+    """``predict.py``'s keys, checked before any heavy import: the model file and the source exist, sizes and
+    thresholds are in range."""
+    for key in ("ckpt", "source"):
+        if not cfg.get(key):
+            raise ConfigError(f"predict.py needs {key}=… (e.g. `python predict.py "
+                              "ckpt=outputs/runs/<run>/student/detector.pt source=imgs/`)")
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt={cfg.ckpt}: file not found; give a detector.pt / anomaly.pt of a run (or its "
+                          "checkpoints/last.ckpt)")
+    if not Path(str(cfg.source)).expanduser().exists():
+        raise ConfigError(f"source={cfg.source}: no such file or folder; give an image, a folder or a .txt list")
+    imgsz = cfg.get("imgsz")
+    if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32):
+        raise ConfigError(f"imgsz={imgsz!r}: a multiple of 32 (or null: the size the model was trained at)")
+    for key in ("conf", "iou"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"{key}={value!r}: a number in [0, 1]")

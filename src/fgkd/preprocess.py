@@ -59,21 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BG_TRANSFORMS = ("identity", "remove", "blur")
-FG_TRANSFORMS = ("identity", "sharpen", "equalize")
-
-#: combo name -> (T_bg, T_fg)
-COMBOS: dict[str, tuple[str, str]] = {
-    "none": ("identity", "identity"),
-    "rb": ("remove", "identity"),
-    "bb": ("blur", "identity"),
-    "sf": ("identity", "sharpen"),
-    "ef": ("identity", "equalize"),
-    "rb_sf": ("remove", "sharpen"),
-    "rb_ef": ("remove", "equalize"),
-    "bb_sf": ("blur", "sharpen"),
-    "bb_ef": ("blur", "equalize"),
-}
+from fgkd.options import COMBOS
 
 #: paper's short names (Tables 1-2, Fig. 4)
 COMBO_LABELS: dict[str, str] = {

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from fgkd.io import atomic_open, atomic_save, atomic_write
-from fgkd.metrics.detection import DISPLAY_NAMES, FIVE_METRICS
+from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
 from fgkd.paths import project_root
 
 #: the detection tables' columns and headers (fgkd.metrics.detection names them once); an experiment of another
@@ -115,15 +115,15 @@ class Experiment:
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
-        from fgkd.tasks import get_task
+        from fgkd.tasks.checks import SPECS
 
-        return tuple(get_task(self.task).metric_columns)
+        return tuple(SPECS[self.task].metric_columns)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        from fgkd.tasks import get_task
+        from fgkd.tasks.checks import SPECS
 
-        names = get_task(self.task).display_names
+        names = SPECS[self.task].display_names
         return tuple(names.get(k, k) for k in self.metric_keys)
 
     def runs(self, scale: str = "smoke", seeds: int = 1, extra: Sequence[str] = ()) -> list[Run]:

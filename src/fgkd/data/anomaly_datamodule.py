@@ -36,10 +36,9 @@ from fgkd.data.formats.mtd import index_mtd, is_mtd_root
 from fgkd.data.formats.mvtec import index_mvtec
 from fgkd.data.formats.mvtec import list_categories as mvtec_categories
 from fgkd.data.imageio import read_image, read_mask
+from fgkd.options import ANOMALY_LAYOUTS as LAYOUTS
+from fgkd.options import GENERATED_LAYOUTS, RESIZE_MODES
 
-LAYOUTS = ("synthtex", "mvtec", "btad", "mtd", "synthtiles")
-GENERATED_LAYOUTS = ("synthtex", "synthtiles")
-RESIZE_MODES = ("square", "letterbox", "shortcrop")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)

@@ -39,10 +39,7 @@ from fgkd.lit.history import ValidationHistory
 from fgkd.lit.optim import Recipe, configure_recipe
 from fgkd.metrics.detection import build_map_metric, split_targets, summarize
 from fgkd.models.detectors.base import Detector
-
-#: view name -> batch key (fgkd.data.dataset.collate)
-VIEW_KEYS: dict[str, str] = {"original": "images", "preprocessed": "teacher_images"}
-VIEWS = tuple(VIEW_KEYS)
+from fgkd.options import VIEW_KEYS, VIEWS
 
 
 def batch_images(batch: Mapping[str, Any], view: str) -> torch.Tensor:

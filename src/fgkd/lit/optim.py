@@ -21,101 +21,17 @@ Written from those facts only (no code from the GPL/AGPL reference repositories)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-OPTIMIZERS = ("auto", "sgd", "adamw", "adam")
-SCHEDULES = ("linear", "cosine", "constant")
-#: recipe keys consumed elsewhere (detector loss settings, data augmentation) and accepted here untouched
-PASS_THROUGH_KEYS = ("loss", "augment")
+from fgkd.lit.recipe import SCHEDULES, Recipe, RecipeError
+
 AUTO_ITERATIONS_LIMIT = 10_000
-
-
-class RecipeError(ValueError):
-    """A bad key or value in a model config's ``recipe`` block."""
-
-
-@dataclass
-class Recipe:
-    """A flat, validated view of ``model.recipe`` (defaults = Ultralytics ``cfg/default.yaml``)."""
-
-    optimizer: str = "auto"
-    lr: float | str = 0.01
-    lr_reference_batch: int | None = None
-    #: lr0 of the reference's from-scratch config; fgkd.tasks.detect.recipe_for_init uses it instead of ``lr`` for random init
-    scratch_lr: float | None = None
-    momentum: float = 0.937
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    nbs: int = 64
-    schedule: str = "linear"
-    lrf: float = 0.01
-    warmup_epochs: float = 3.0
-    warmup_min_iters: int = 100
-    warmup_momentum: float = 0.8
-    warmup_bias_lr: float = 0.1
-    close_mosaic: int = 10
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, recipe: Mapping[str, Any] | None) -> Recipe:
-        """Parse ``{optimizer: {name, lr, ...}, scheduler: {name, lrf, ...}, close_mosaic, loss, augment}``."""
-        if recipe is None:
-            return cls()
-        recipe = dict(recipe)
-        values: dict[str, Any] = {}
-        sections = {
-            "optimizer": {"name": "optimizer", "lr": "lr", "lr_reference_batch": "lr_reference_batch",
-                          "momentum": "momentum", "weight_decay": "weight_decay", "nesterov": "nesterov",
-                          "nbs": "nbs", "scratch_lr": "scratch_lr"},
-            "scheduler": {"name": "schedule", "lrf": "lrf", "warmup_epochs": "warmup_epochs",
-                          "warmup_min_iters": "warmup_min_iters", "warmup_momentum": "warmup_momentum",
-                          "warmup_bias_lr": "warmup_bias_lr"},
-        }
-        for section, mapping in sections.items():
-            block = dict(recipe.pop(section, None) or {})
-            unknown = sorted(set(block) - set(mapping))
-            if unknown:
-                raise RecipeError(
-                    f"model.recipe.{section}: unknown key(s) {unknown}; allowed: {', '.join(sorted(mapping))}"
-                )
-            values.update({mapping[key]: value for key, value in block.items()})
-        if "close_mosaic" in recipe:
-            values["close_mosaic"] = recipe.pop("close_mosaic")
-        extras = {key: recipe.pop(key) for key in PASS_THROUGH_KEYS if key in recipe}
-        if recipe:
-            raise RecipeError(
-                f"model.recipe: unknown key(s) {sorted(recipe)}; allowed: optimizer, scheduler, close_mosaic, "
-                + ", ".join(PASS_THROUGH_KEYS)
-            )
-        parsed = cls(**values, extras=extras)
-        parsed.validate()
-        return parsed
-
-    def validate(self) -> None:
-        self.optimizer = str(self.optimizer).lower()
-        self.schedule = str(self.schedule).lower()
-        if self.optimizer not in OPTIMIZERS:
-            raise RecipeError(f"model.recipe.optimizer.name={self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise RecipeError(f"model.recipe.scheduler.name={self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        if not (self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0)):
-            raise RecipeError(f"model.recipe.optimizer.lr must be a positive number or 'auto', got {self.lr!r}")
-        for name in ("momentum", "weight_decay", "lrf", "warmup_epochs", "warmup_momentum", "warmup_bias_lr"):
-            if float(getattr(self, name)) < 0:
-                raise RecipeError(f"model.recipe: {name} must be >= 0, got {getattr(self, name)!r}")
-        if int(self.nbs) < 1 or int(self.warmup_min_iters) < 0 or int(self.close_mosaic) < 0:
-            raise RecipeError("model.recipe: nbs must be >= 1; warmup_min_iters and close_mosaic >= 0")
-        if self.lr_reference_batch is not None and int(self.lr_reference_batch) < 1:
-            raise RecipeError(f"model.recipe.optimizer.lr_reference_batch must be >= 1 or null, got {self.lr_reference_batch}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
 
 
 def accumulate_steps(batch_size: int, nbs: int = 64, world_size: int = 1) -> int:

@@ -21,8 +21,6 @@ from scipy import ndimage
 from torchmetrics.functional.classification import binary_auroc
 
 #: metric keys in table order and the papers' headers
-ANOMALY_METRICS: list[str] = ["image_auroc", "pixel_auroc", "aupro"]
-ANOMALY_DISPLAY_NAMES: dict[str, str] = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO"}
 #: 8-connectivity for the ground-truth components (scipy's default would be 4)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 

@@ -15,16 +15,8 @@ import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-#: metric keys of torchmetrics' MeanAveragePrecision reported by the paper (Tables 1-5), in column order
-FIVE_METRICS: list[str] = ["map", "map_50", "mar_1", "mar_10", "mar_100"]
-#: the paper's column headers
-DISPLAY_NAMES: dict[str, str] = {
-    "map": "mAP",
-    "map_50": "mAP50",
-    "mar_1": "mAR1",
-    "mar_10": "mAR10",
-    "mar_100": "mAR100",
-}
+from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
+
 #: prefix of the per-class AP keys (``ap/<class_name>``)
 PER_CLASS_PREFIX = "ap/"
 #: COCO's IoU (0.50:0.05:0.95) and recall (0:0.01:1) thresholds as float64 Python numbers, as pycocotools

@@ -1,6 +1,6 @@
-"""Tasks (``task=detect``, ``task=anomaly``): each a new module beside ``detect.py`` registering itself with ``@register_task``."""
+"""Tasks (``task=detect``, ``task=anomaly``): the interface (``base``), the light checks run before anything heavy
+is imported (``checks``) and one implementation module per task, imported on first :func:`get_task`."""
 
-from fgkd.tasks import anomaly, detect  # noqa: F401 - register the tasks
-from fgkd.tasks.base import ROLES, Task, UnknownTaskError, get_task, list_tasks, register_task
+from fgkd.tasks.base import ROLES, TASK_MODULES, Task, UnknownTaskError, get_task, list_tasks, register_task
 
-__all__ = ["ROLES", "Task", "UnknownTaskError", "get_task", "list_tasks", "register_task"]
+__all__ = ["ROLES", "TASK_MODULES", "Task", "UnknownTaskError", "get_task", "list_tasks", "register_task"]

@@ -25,13 +25,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import fgkd
 from fgkd.config import ConfigError, to_plain
-from fgkd.data.anomaly_datamodule import GENERATED_LAYOUTS, LAYOUTS, AnomalyDataModule
+from fgkd.data.anomaly_datamodule import AnomalyDataModule
 from fgkd.io import atomic_save
 from fgkd.lit.anomaly import AnomalyModule
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
-from fgkd.metrics.anomaly import ANOMALY_DISPLAY_NAMES, ANOMALY_METRICS
-from fgkd.models.registry import build_model, list_models
+from fgkd.models.registry import build_model
+from fgkd.options import ANOMALY_DISPLAY_NAMES, ANOMALY_METRICS
 from fgkd.tasks.base import Task, register_task
+from fgkd.tasks.checks import check_anomaly
 
 ARTIFACT_FILE = "anomaly.pt"
 ALL_CATEGORIES = "all"
@@ -112,22 +113,7 @@ class AnomalyTask(Task):
 
     # -- config -------------------------------------------------------------------------------------------
     def validate(self, cfg: DictConfig) -> None:
-        name = OmegaConf.select(cfg, "model.name")
-        known = list_models("anomaly")
-        if name not in known:
-            raise ConfigError(f"model.name={name!r} is not an anomaly model; choose one of: {', '.join(known)} "
-                              "(e.g. `python train.py task=anomaly model=rd`)")
-        layout = OmegaConf.select(cfg, "data.layout")
-        if layout not in LAYOUTS:
-            raise ConfigError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)} (e.g. data=mvtec)")
-        if layout not in GENERATED_LAYOUTS and OmegaConf.is_missing(cfg.data, "root"):
-            raise ConfigError(f"data={layout} needs data.root=<folder holding the {layout} categories> "
-                              f"(e.g. `python train.py task=anomaly data={layout} data.root=/data/{layout}`)")
-        if str(cfg.stage) != "full":
-            raise ConfigError(f"stage={cfg.stage}: the anomaly task has one stage (stage=full); its teachers are "
-                              "the frozen encoders (model.encoder.weights)")
-        if int(cfg.imgsz) % 32:
-            raise ConfigError(f"imgsz={cfg.imgsz}: RD needs a multiple of 32 (stride 16 maps, then the 2x OCE)")
+        check_anomaly(cfg)
 
     def needs_teacher(self, cfg: DictConfig) -> bool:
         return False

@@ -7,23 +7,31 @@ A task turns a validated config into the pieces of one fit and knows its own res
 * ``teacher`` — stage 1 of a two-stage task (detect: the teacher on X_M), cached by :meth:`Task.teacher_spec`;
 * ``student`` — stage 2, against the frozen teacher given to :meth:`Task.build_module`.
 
-Tasks register by name (``@register_task``); ``fgkd.tasks.get_task(cfg.task)`` returns the instance.
+Tasks register by name (``@register_task``); ``fgkd.tasks.get_task(cfg.task)`` returns the instance, importing
+its module (:data:`TASK_MODULES`) on first use. A new task: a module here, its entry in ``TASK_MODULES`` and its
+light checks and columns in ``fgkd.tasks.checks.SPECS``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import lightning.pytorch as pl
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # the interface is importable without lightning (config validation imports no torch)
+    import lightning.pytorch as pl
 
 ROLES = ("base", "teacher", "student")
 
 _TASKS: dict[str, Task] = {}
+#: where each task's implementation lives: imported by :func:`get_task` on first use, so importing the
+#: interface (and validating a config, fgkd.tasks.checks) costs no torch import
+TASK_MODULES = {"detect": "fgkd.tasks.detect", "anomaly": "fgkd.tasks.anomaly"}
 
 
 class UnknownTaskError(ValueError):
@@ -117,13 +125,15 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return sorted(set(TASK_MODULES) | set(_TASKS))
 
 
 def get_task(name: str | DictConfig) -> Task:
-    """The registered task ``name`` (or ``cfg.task`` of a config)."""
+    """The registered task ``name`` (or ``cfg.task`` of a config); its module is imported on first use."""
     if isinstance(name, DictConfig):
         name = str(name.get("task"))
+    if name not in _TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
     if name not in _TASKS:
         raise UnknownTaskError(f"task={name!r} is not a task; choose one of: {', '.join(list_tasks())} "
                                f"(e.g. `python train.py task={list_tasks()[0]}`)")

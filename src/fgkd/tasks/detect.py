@@ -29,14 +29,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import fgkd
-from fgkd.config import ConfigError, to_plain, validate_detection
+from fgkd.config import ConfigError, to_plain
 from fgkd.engine import METRICS_SCHEMA, validate_once
 from fgkd.io import atomic_save
-from fgkd.lit.detection import VIEWS, DetectionModule
+from fgkd.lit.detection import DetectionModule
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
-from fgkd.metrics.detection import DISPLAY_NAMES, FIVE_METRICS, PER_CLASS_PREFIX
+from fgkd.metrics.detection import PER_CLASS_PREFIX
 from fgkd.models.detectors.base import Detector, build_detector
+from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
 from fgkd.tasks.base import Task, register_task
+from fgkd.tasks.checks import check_detect, require_combo
 from fgkd.teacher_cache import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -189,24 +191,10 @@ class DetectTask(Task):
 
     # -- Task interface ---------------------------------------------------------------------------------
     def require_combo(self, cfg: DictConfig, why: str) -> None:
-        """The one check that X_M can be built: a preprocessing combo is chosen."""
-        if self.combo(cfg) == "none":
-            raise ConfigError(f"{why} needs the preprocessed view X_M but preprocess=none; choose a combo (e.g. "
-                              "preprocess=rb_sf, the paper's best) or use kd.teacher_view=original for classical feature KD")
+        require_combo(cfg, why)
 
     def validate(self, cfg: DictConfig) -> None:
-        validate_detection(cfg)
-        root = OmegaConf.select(cfg, "data.root")
-        if root and not Path(str(root)).expanduser().is_dir():
-            raise ConfigError(f"data.root={root} is not a directory. Fix: set data.root to the dataset folder "
-                              "(the one holding data.yaml, or images/ and labels/)")
-        if self.needs_teacher(cfg) and str(cfg.stage) == "full" and not OmegaConf.select(cfg, "teacher.ckpt"):
-            if self.kd_teacher_view(cfg) == "preprocessed":
-                self.require_combo(cfg, "kd.teacher_view=preprocessed (the teacher learns on X_M)")
-        for view_key in ("eval_view", "kd.teacher_view"):
-            value = OmegaConf.select(cfg, view_key)
-            if value is not None and value not in VIEWS:
-                raise ConfigError(f"{view_key}={value!r} is not allowed; choose one of: {', '.join(VIEWS)}")
+        check_detect(cfg)
 
     def needs_teacher(self, cfg: DictConfig) -> bool:
         return str(OmegaConf.select(cfg, "kd.name") or "none") != "none"
