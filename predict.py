@@ -1,4 +1,4 @@
-"""Inference without masks or labels: `python predict.py ckpt=<run>/student/detector.pt source=imgs/` (boxes) or
+"""Inference without masks or labels: `python predict.py ckpt=<run>/detector.pt source=imgs/` (boxes) or
 `python predict.py ckpt=<run>/anomaly.pt source=imgs/` (anomaly maps and image scores).
 
 Thin Hydra entry point over fgkd.predict / fgkd.predict_anomaly (options in conf/predict.yaml); the kind of

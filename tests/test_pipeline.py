@@ -79,6 +79,20 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
     assert teacher_state.keys() == student_state.keys()
     assert any(not torch.equal(teacher_state[k], student_state[k]) for k in teacher_state)
 
+    # one run layout (issue 11.4): a KD run and a kd=none run have the same files at the top of their folder;
+    # the KD run adds teacher/ (links to the teacher's model, metrics and curves)
+    base = run(compose_train(*TINY, own_cache, "kd=none", output_dir=tmp_path / "base"))
+    top = {"metrics.json", "detector.pt", "results.png", "val_history.json", "checkpoints/last.ckpt"}  # + csv/ (logger)
+    for folder in ("base", "cs", "mse"):
+        present = {str(p.relative_to(tmp_path / folder)) for p in (tmp_path / folder).rglob("*")}
+        assert top <= present, (folder, sorted(present))
+        assert not (tmp_path / folder / "student").exists()
+    assert {"teacher/detector.pt", "teacher/metrics.json", "teacher/results.png"} <= {
+        str(p.relative_to(tmp_path / "cs")) for p in (tmp_path / "cs" / "teacher").iterdir()}
+    assert not (tmp_path / "base" / "teacher").exists()
+    assert json.loads((tmp_path / "cs" / "teacher" / "metrics.json").read_text())["role"] == "teacher"
+    assert base.metrics_path == tmp_path / "base" / "metrics.json" and second.student.output_dir == tmp_path / "mse"
+
 
 def test_given_heterogeneous_teacher_uses_connectors_outside_the_exported_student(compose_train, tmp_path):
     from fgkd.models import build_detector

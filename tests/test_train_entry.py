@@ -146,9 +146,11 @@ def test_end_to_end_base_teacher_and_student_through_compose(compose_train, tmp_
                                 "kd.fuse_teacher=false", f"teacher.ckpt={teacher_run.artifact_path}",
                                 output_dir=tmp_path / "student")
     validate(student_cfg)
-    student_run = run(student_cfg)
+    student_run = run(student_cfg).student
     payload = _read_metrics(tmp_path / "student")
     assert (payload["role"], payload["run"]["kd"], payload["run"]["alpha"]) == ("student", "cs", 0.5)
+    assert payload["teacher"]["source"] == "teacher.ckpt"
+    assert (tmp_path / "student" / "teacher" / "detector.pt").resolve() == Path(teacher_run.artifact_path).resolve()
     assert student_run.module.teacher is not None
     after = student_run.module.teacher.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)

@@ -172,7 +172,7 @@ def validate_predict(cfg: DictConfig) -> None:
     for key in ("ckpt", "source"):
         if not cfg.get(key):
             raise ConfigError(f"predict.py needs {key}=… (e.g. `python predict.py "
-                              "ckpt=outputs/runs/<run>/student/detector.pt source=imgs/`)")
+                              "ckpt=outputs/runs/<run>/detector.pt source=imgs/`)")
     ckpt = Path(str(cfg.ckpt)).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={cfg.ckpt}: file not found; give a detector.pt / anomaly.pt of a run (or its "

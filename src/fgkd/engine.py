@@ -135,7 +135,7 @@ def instantiate_callbacks(callbacks_cfg: Mapping[str, Any] | None, output_dir: P
             continue
         callback = instantiate(node)
         if isinstance(callback, pl.callbacks.ModelCheckpoint):
-            callback.dirpath = str(output_dir / "checkpoints")  # one folder per fit (teacher/ and student/)
+            callback.dirpath = str(output_dir / "checkpoints")  # one folder per fit
         callbacks.append(callback)
     return callbacks
 
@@ -200,12 +200,14 @@ def fit(
     teacher: Any = None,
     epochs: int | None = None,
     ckpt_path: str | os.PathLike[str] | None = None,
+    teacher_info: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train the model ``task`` builds for ``role`` (``base`` | ``teacher`` | ``student``) and export it.
 
     ``teacher``: the frozen teacher of a student fit (``task.load_artifact``). ``epochs`` overrides
     ``cfg.epochs`` (e.g. ``teacher.epochs``). ``ckpt_path``: resume from a Lightning checkpoint of the same
     run; ``"auto"``: this fit's own ``<output_dir>/checkpoints/last.ckpt`` when it exists, else a fresh start.
+    ``teacher_info``: what the run's ``metrics.json`` says of the teacher a student learned from.
     """
     output_dir = _output_dir(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +260,8 @@ def fit(
         extras=task.extras(best),
     )
     if trainer.is_global_zero:
-        write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role)))
+        write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role),
+                                                           teacher=teacher_info))
         try:
             plot_history(result.history, output_dir / RESULTS_FILE, task.metric_columns, task.display_names,
                          title=f"{task.name} · {role}")

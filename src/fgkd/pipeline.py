@@ -8,8 +8,13 @@
   continues where it stopped), then ``task.aggregate`` writes the run's ``metrics.json``.
 * ``stage=full`` with a teacher: stage 1 — the teacher from ``teacher.ckpt`` or the teacher cache
   (``fgkd.teacher_cache``, keyed by ``task.teacher_spec(cfg)``: sweeps that share a teacher train it once);
-  stage 2 — the student (``<run>/student``); the run folder's ``metrics.json`` holds the student's metrics
-  (evaluated as the task says: detect on original images, no mask) and the teacher's.
+  stage 2 — the student, in the run folder itself; its ``metrics.json`` holds the student's metrics (evaluated
+  as the task says: detect on original images, no mask) and the teacher's.
+
+One layout for every run: the trained model of the run (base, student or teacher) at the top of the run folder
+(``checkpoints/``, the artifact, ``metrics.json``, ``results.png``, ``csv/``); a run that learned from a teacher
+also has ``teacher/`` with links to that teacher's artifact, ``metrics.json`` and ``results.png`` (in the
+teacher cache, or the ``teacher.ckpt`` given).
 
 Every fit is ``fgkd.engine.fit``; every ``metrics.json`` has the schema of ``fgkd.engine.metrics_payload``.
 """
@@ -26,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgkd.engine import (
     AUTO_RESUME,
     METRICS_FILE,
+    RESULTS_FILE,
     FitResult,
     fit,
     metrics_payload,
@@ -80,6 +86,8 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
             raise RuntimeError("the teacher run wrote no model file")
         shutil.copyfile(result.artifact_path, tmp / CHECKPOINT_NAME)
         shutil.copyfile(result.metrics_path, tmp / METRICS_FILE)
+        if (result.output_dir / RESULTS_FILE).is_file():  # the teacher's curves, linked from each run that uses it
+            shutil.copyfile(result.output_dir / RESULTS_FILE, tmp / RESULTS_FILE)
 
     entry = TeacherCache(cache_root).get_or_build(spec, build, label=label)
     if entry.reused:
@@ -89,16 +97,24 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
 
 def link_teacher(source: Path, folder: Path, name: str) -> Path:
     """``<run>/teacher/<artifact>``: the teacher this run used (a symlink into the teacher cache, a copy where
-    links are not possible), so ``stage=student teacher.ckpt=<run>/teacher/detector.pt`` names a real file."""
+    links are not possible), so ``stage=student teacher.ckpt=<run>/teacher/detector.pt`` names a real file;
+    the teacher's ``metrics.json`` and ``results.png`` beside it are linked too when they exist."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
+    _link(Path(source), target)
+    for extra in (METRICS_FILE, RESULTS_FILE):
+        if (Path(source).parent / extra).is_file():
+            _link(Path(source).parent / extra, folder / extra)
+    return target
+
+
+def _link(source: Path, target: Path) -> None:
     if target.is_symlink() or target.exists():
         target.unlink()
     try:
-        target.symlink_to(Path(source).resolve())
+        target.symlink_to(source.resolve())
     except OSError:
         shutil.copyfile(source, target)
-    return target
 
 
 def run(cfg: DictConfig) -> FitResult | PipelineResult | ExpandedResult:
@@ -114,16 +130,9 @@ def run(cfg: DictConfig) -> FitResult | PipelineResult | ExpandedResult:
         return fit(cfg, task, "teacher", epochs=int(cfg.teacher.epochs), ckpt_path=resume)
     if not task.needs_teacher(cfg):
         return fit(cfg, task, "base", ckpt_path=resume)
-    if stage == "student":
-        if not cfg.teacher.ckpt:
-            raise ValueError("stage=student needs teacher.ckpt=<path to a trained teacher>")
-        teacher, _ = task.load_artifact(str(cfg.teacher.ckpt))
-        return fit(cfg, task, "student", teacher=teacher, ckpt_path=resume)
-    if resume and str(resume) != AUTO_RESUME:  # auto: the student stage resumes below
-        raise ValueError("ckpt_path=<file> (resume) works for single-stage runs (stage=teacher|student or kd=none), "
-                         "not for the two-stage pipeline; use ckpt_path=auto (resumes the student stage from "
-                         "<run>/student/checkpoints/last.ckpt) or resume the stage's own run instead")
-    return run_two_stage(cfg, task)
+    if stage == "student" and not cfg.teacher.ckpt:
+        raise ValueError("stage=student needs teacher.ckpt=<path to a trained teacher>")
+    return run_two_stage(cfg, task)  # ckpt_path resumes the student: the teacher is cached or given
 
 
 def run_expanded(cfg: DictConfig, task: Task, parts: list[tuple[str, DictConfig]]) -> ExpandedResult:
@@ -175,14 +184,12 @@ def run_two_stage(cfg: DictConfig, task: Task) -> PipelineResult:
     student_run = task.run_info(cfg, "student")
     print(f"[{task.name}] stage 2/2: training the student ({student_run.get('model')}), "
           f"kd={OmegaConf.select(cfg, 'kd.name')} alpha={cfg.alpha}", flush=True)
-    # ckpt_path=auto (sweeps, requeued jobs): continue the student from <run>/student/checkpoints/last.ckpt;
+    # ckpt_path=auto (sweeps, requeued jobs): continue the student from <run>/checkpoints/last.ckpt;
     # the teacher stage needs no resume, the cache holds only finished teachers.
-    student = fit(cfg, task, "student", output_dir=output_dir / "student", teacher=teacher,
-                  ckpt_path=OmegaConf.select(cfg, "ckpt_path"))
-    payload = metrics_payload(task, student, run=student_run, teacher=teacher_info,
-                              paths={"run_dir": str(output_dir), "student_dir": str(student.output_dir)})
-    metrics_path = write_metrics(output_dir / METRICS_FILE, payload)
+    student = fit(cfg, task, "student", output_dir=output_dir, teacher=teacher,
+                  ckpt_path=OmegaConf.select(cfg, "ckpt_path"), teacher_info=teacher_info)
     return PipelineResult(
-        metrics=student.metrics, teacher_metrics=teacher_metrics, output_dir=output_dir, metrics_path=metrics_path,
+        metrics=student.metrics, teacher_metrics=teacher_metrics, output_dir=output_dir,
+        metrics_path=student.metrics_path,
         best_ckpt=student.best_ckpt, teacher_path=teacher_path, teacher_reused=reused, student=student,
     )
