@@ -70,3 +70,24 @@ def test_a_random_five_image_set_matches_faster_coco_eval():
     ours, reference = _ours(preds, targets), _reference(preds, targets)
     for key in reference:
         assert ours[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_confusion_matrix_matches_greedily_and_counts_misses_and_false_positives():
+    from fgkd.metrics.detection_figures import confusion_matrix
+
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float32)
+    target = {"boxes": boxes, "labels": torch.tensor([0, 1, 2])}
+    pred = {"boxes": torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9], [21, 21, 30, 30], [60, 60, 70, 70],
+                                   [40, 40, 50, 50]], dtype=torch.float32),
+            "scores": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.1]), "labels": torch.tensor([0, 0, 2, 1, 2])}
+    matrix = confusion_matrix([pred], [target], num_classes=3, conf=0.25, iou=0.45)
+    # pred 0 matches gt 0 (IoU 1, the higher of the two overlapping preds); pred 1 is a duplicate: background row;
+    # pred 2 hits gt 1 with the wrong class; pred 3 hits nothing; pred 4 is under conf: gt 2 is missed
+    expected = np.zeros((4, 4), np.int64)
+    expected[0, 0] = 1
+    expected[1, 2] = 1
+    expected[2, 3] = 1
+    expected[3, 0] = 1
+    expected[3, 1] = 1
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix.sum() == 5

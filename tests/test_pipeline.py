@@ -82,7 +82,8 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
     # one run layout (issue 11.4): a KD run and a kd=none run have the same files at the top of their folder;
     # the KD run adds teacher/ (links to the teacher's model, metrics and curves)
     base = run(compose_train(*TINY, own_cache, "kd=none", output_dir=tmp_path / "base"))
-    top = {"metrics.json", "detector.pt", "results.png", "val_history.json", "checkpoints/last.ckpt"}  # + csv/ (logger)
+    top = {"metrics.json", "detector.pt", "results.png", "val_history.json", "checkpoints/last.ckpt",
+           "pr_curves.png", "confusion_matrix.png", "confusion_matrix.csv", "val_predictions.png"}  # + csv/ (logger)
     for folder in ("base", "cs", "mse"):
         present = {str(p.relative_to(tmp_path / folder)) for p in (tmp_path / folder).rglob("*")}
         assert top <= present, (folder, sorted(present))
@@ -92,6 +93,10 @@ def test_one_teacher_serves_two_students_and_stays_unchanged(compose_train, tmp_
     assert not (tmp_path / "base" / "teacher").exists()
     assert json.loads((tmp_path / "cs" / "teacher" / "metrics.json").read_text())["role"] == "teacher"
     assert base.metrics_path == tmp_path / "base" / "metrics.json" and second.student.output_dir == tmp_path / "mse"
+    history = json.loads(base.metrics_path.read_text())["history"]
+    assert {"train/loss", "train/box", "train/cls"} <= set(history[-1]), sorted(history[-1])  # losses beside metrics
+    student_history = json.loads(second.metrics_path.read_text())["history"]
+    assert "train/kd" in student_history[-1], sorted(student_history[-1])
 
 
 def test_given_heterogeneous_teacher_uses_connectors_outside_the_exported_student(compose_train, tmp_path):

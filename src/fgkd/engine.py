@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgkd.config import to_plain
 from fgkd.io import atomic_write_json, read_json
 from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
+from fgkd.lit.history import TrainLossesToHistory
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
 from fgkd.metrics.curves import RESULTS_FILE, plot_history
@@ -169,6 +170,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = Non
     """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers. ``stage`` names the fit
     on the progress bar and in the per-epoch lines (``teacher``, ``student``); ``metrics``: the columns printed."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
+    callbacks.append(TrainLossesToHistory())  # losses beside the metrics in metrics.json and results.png
     progress_on = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is not False
     overrides: dict[str, Any] = {}
     if progress_on and not sys.stdout.isatty():

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+
 from fgkd.io import atomic_write_json, read_json
 
 
@@ -64,3 +66,25 @@ class ValidationHistory:
         saved = read_json(source)
         self.records, self.best = list(saved.get("history", [])), saved.get("best")
         return True
+
+
+class TrainLossesToHistory(pl.Callback):
+    """Adds each epoch's training loss parts (``train/*``, the epoch means Lightning aggregates) to that epoch's
+    validation record, so ``metrics.json`` history and ``results.png`` show losses beside metrics. Validation
+    runs before ``on_train_epoch_end``, so the last record is this epoch's when it was validated."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = getattr(pl_module, "history", None)
+        if not isinstance(history, ValidationHistory) or not history.records:
+            return
+        record = history.records[-1]
+        if record.get("epoch") != trainer.current_epoch:
+            return
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and not key.endswith("_step") and key not in ("train/lr", "train/alpha"):
+                try:
+                    record[key.removesuffix("_epoch")] = float(value)
+                except (TypeError, ValueError):
+                    continue
+        if trainer.is_global_zero and history.path is not None:
+            atomic_write_json(history.path, {"history": history.records, "best": history.best})

@@ -1,4 +1,5 @@
-"""``results.png``: the task's metrics per validated epoch of one fit (from ``metrics.json["history"]``)."""
+"""``results.png``: the training losses and the task's metrics per validated epoch of one fit (from
+``metrics.json["history"]``: ``train/*`` keys are the losses, one panel; then one panel per metric)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,21 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path, columns
 
     display = display or {}
     shown = [c for c in columns if any(c in r for r in records)]
-    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.0 * max(len(shown), 1), 2.8), squeeze=False, dpi=110)
+    losses = sorted({k for r in records for k in r if k.startswith("train/")})
+    panels = len(shown) + (1 if losses else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(3.0 * max(panels, 1), 2.8), squeeze=False, dpi=110)
     epochs = [int(r["epoch"]) + 1 for r in records]
-    for ax, column in zip(axes[0], shown, strict=False):
+    if losses:
+        ax = axes[0, 0]
+        for key in losses:
+            ax.plot(epochs, [float(r.get(key, math.nan)) for r in records], marker="o", markersize=2,
+                    label=key.removeprefix("train/"))
+        ax.set_title("training losses", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax, column in zip(axes[0][1 if losses else 0:], shown, strict=False):
         values = [float(r.get(column, math.nan)) for r in records]
         ax.plot(epochs, values, marker="o", markersize=3, label="model")
         if any(f"baseline_{column}" in r for r in records):

@@ -304,7 +304,29 @@ class DetectTask(Task):
             state = torch.load(best_ckpt, map_location="cpu", weights_only=False)["state_dict"]
             detector, _ = build_student({**self.model_config(cfg, role), "weights": None}, int(spec["num_classes"]))
             detector.load_state_dict(student_weights(state))
-        return save_detector(output_dir / DETECTOR_FILE, detector, spec, class_names, imgsz=int(cfg.imgsz))
+        path = save_detector(output_dir / DETECTOR_FILE, detector, spec, class_names, imgsz=int(cfg.imgsz))
+        self._write_figures(module, detector, output_dir, role)
+        return path
+
+    @staticmethod
+    def _write_figures(module: pl.LightningModule, detector: Detector, output_dir: Path, role: str) -> None:
+        """PR curves, confusion matrix and validation images of the exported model (fgkd.metrics.detection_figures)."""
+        datamodule = module.trainer.datamodule if module._trainer is not None else None
+        if datamodule is None:
+            return
+        from fgkd.lit.detection import VIEW_KEYS
+        from fgkd.metrics.detection_figures import collect_predictions, write_detection_figures
+
+        try:
+            was_training = detector.training
+            detector.to(module.device).eval()
+            preds, targets, shown = collect_predictions(detector, datamodule.val_dataloader(),
+                                                        VIEW_KEYS[module.val_view], module.postprocess_kwargs)
+            write_detection_figures(output_dir, preds, targets, shown, module.class_names,
+                                    title=f"({role}, {module.val_view})")
+            detector.train(was_training)
+        except Exception as err:  # noqa: BLE001 - a picture must never fail a finished run
+            logging.getLogger(__name__).warning("could not draw the detection figures in %s: %s", output_dir, err)
 
     def load_artifact(self, path: str | os.PathLike[str]) -> tuple[Detector, dict[str, Any]]:
         return load_detector(path)
