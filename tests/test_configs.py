@@ -16,7 +16,7 @@ from fgkd import sweeps
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 #: groups whose options are chosen with `<group>=<option>`; `_base` files are included by the options themselves
-GROUPS = ("task", "data", "model", "preprocess", "kd", "trainer", "logger", "callbacks", "method", "scale", "debug",
+GROUPS = ("task", "data", "model", "preprocess", "kd", "trainer", "logger", "callbacks", "method", "scale", "debug", "pretrain",
           "hparams_search")
 #: options that need something the test machine lacks (a dataset path, a GPU) to validate, with that something
 NEEDS = {("data", "yolo"): ["data.root=/tmp"], ("data", "pdi"): ["data.root=/tmp"],

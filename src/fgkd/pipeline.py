@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fgkd.engine import (
     AUTO_RESUME,
@@ -70,29 +70,59 @@ class ExpandedResult:
     best_ckpt: Path | None = None
 
 
-def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
-    """The cached teacher for ``cfg``, training it (stage 1) when no finished entry exists."""
-    spec = task.teacher_spec(cfg)
-    if spec is None:
-        raise ValueError(f"task {task.name!r} has no teacher stage for this config")
-    label = task.teacher_label(cfg)
+def cached_fit(cfg: DictConfig, task: Task, role: str, cache_root: Path, spec: dict[str, Any], label: str,
+               epochs: int, what: str) -> CacheEntry:
+    """One fit kept in a content-keyed cache (``fgkd.teacher_cache``): trained when no finished entry for
+    ``spec`` exists, else reused. The entry holds the artifact, ``metrics.json`` and ``results.png``."""
 
     def build(tmp: Path) -> None:
-        print(f"[{task.name}] stage 1/2: training the teacher ({label})", flush=True)
+        print(f"[{task.name}] {what}: training ({label})", flush=True)
         # ckpt_path=auto: an interrupted earlier build left its last.ckpt in this folder (TeacherCache)
-        result = fit(cfg, task, "teacher", output_dir=tmp / "run", epochs=int(cfg.teacher.epochs),
-                     ckpt_path=AUTO_RESUME)
+        result = fit(cfg, task, role, output_dir=tmp / "run", epochs=epochs, ckpt_path=AUTO_RESUME)
         if result.artifact_path is None:
-            raise RuntimeError("the teacher run wrote no model file")
+            raise RuntimeError(f"the {what} run wrote no model file")
         shutil.copyfile(result.artifact_path, tmp / CHECKPOINT_NAME)
         shutil.copyfile(result.metrics_path, tmp / METRICS_FILE)
-        if (result.output_dir / RESULTS_FILE).is_file():  # the teacher's curves, linked from each run that uses it
+        if (result.output_dir / RESULTS_FILE).is_file():  # the curves, linked from each run that uses the entry
             shutil.copyfile(result.output_dir / RESULTS_FILE, tmp / RESULTS_FILE)
 
     entry = TeacherCache(cache_root).get_or_build(spec, build, label=label)
     if entry.reused:
-        print(f"[{task.name}] stage 1/2: reusing the cached teacher {entry.path}", flush=True)
+        print(f"[{task.name}] {what}: reusing {entry.path}", flush=True)
     return entry
+
+
+def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
+    """The cached teacher for ``cfg``, training it (stage 1) when no finished entry exists; ``teacher.seed``
+    (when set) seeds it, so students of several seeds can learn from one teacher."""
+    spec = task.teacher_spec(cfg)
+    if spec is None:
+        raise ValueError(f"task {task.name!r} has no teacher stage for this config")
+    teacher_cfg = cfg
+    if OmegaConf.select(cfg, "teacher.seed") is not None:
+        teacher_cfg = cfg.copy()
+        with read_write(teacher_cfg), open_dict(teacher_cfg):
+            teacher_cfg.seed = int(cfg.teacher.seed)
+    return cached_fit(teacher_cfg, task, "teacher", cache_root, spec, task.teacher_label(cfg),
+                      int(cfg.teacher.epochs), "stage 1/2 (the teacher)")
+
+
+def with_pretraining(cfg: DictConfig, task: Task) -> DictConfig:
+    """``cfg`` with its models initialised from their cached pretraining fits (``pretrain=synthpipes``: the
+    stand-in for the paper's COCO weights; trained once per architecture and settings, shared by every run)."""
+    roles = ["student"]
+    if task.needs_teacher(cfg) and not OmegaConf.select(cfg, "teacher.ckpt"):
+        roles.append("teacher")  # a heterogeneous teacher has its own architecture to pretrain
+    cache_root = Path(str(OmegaConf.select(cfg, "paths.cache_dir"))) / "pretrained"
+    for role in roles:
+        plan = task.pretraining(cfg, role)
+        if plan is None:
+            continue
+        part, spec, label = plan
+        entry = cached_fit(part, task, "base", cache_root, spec, label, int(part.epochs), "pretraining")
+        print(f"[{task.name}] {role} initialised from the pretrained {entry.checkpoint}", flush=True)
+        cfg = task.with_pretrained(cfg, role, entry.checkpoint)
+    return cfg
 
 
 def link_teacher(source: Path, folder: Path, name: str) -> Path:
@@ -121,6 +151,7 @@ def run(cfg: DictConfig) -> FitResult | PipelineResult | ExpandedResult:
     """Dispatch ``cfg`` by ``stage`` and the task's teacher stage (module docstring)."""
     task = get_task(cfg)
     task.validate(cfg)
+    cfg = with_pretraining(cfg, task)
     parts = task.expand(cfg)
     if parts:
         return run_expanded(cfg, task, parts)

@@ -70,6 +70,15 @@ class Task(ABC):
         """The optimisation recipe of ``role``'s model (nominal batch for ``accumulate_grad_batches: auto``)."""
         return None
 
+    def pretraining(self, cfg: DictConfig, role: str) -> tuple[DictConfig, dict[str, Any], str] | None:
+        """``(config of the pretraining fit, its cache key spec, label)`` of ``role``'s model (``student`` or
+        ``teacher``), or None when that model is not pretrained (the default; detect: ``pretrain=synthpipes``)."""
+        return None
+
+    def with_pretrained(self, cfg: DictConfig, role: str, weights: Path) -> DictConfig:
+        """``cfg`` with ``role``'s model initialised from ``weights`` (the pretraining fit's artifact)."""
+        raise NotImplementedError(f"task {self.name!r} has no pretraining")
+
     # -- one fit ------------------------------------------------------------------------------------------
     @abstractmethod
     def build_datamodule(self, cfg: DictConfig, role: str) -> pl.LightningDataModule:

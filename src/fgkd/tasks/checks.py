@@ -71,6 +71,12 @@ def check_detect(cfg: DictConfig) -> None:
             Recipe.from_config(OmegaConf.to_container(recipe, resolve=True))
         except RecipeError as err:
             raise ConfigError(str(err)) from None
+    pretrain = str(OmegaConf.select(cfg, "pretrain.name", default="none"))
+    if pretrain != "none" and OmegaConf.select(cfg, "data.synthpipes") is None:
+        raise ConfigError(f"pretrain={pretrain} pretrains on SynthPipes' three classes and needs data=synthpipes; "
+                          "for real data start from converted COCO weights (model.weights=...) with pretrain=none")
+    if pretrain not in ("none", "synthpipes"):
+        raise ConfigError(f"pretrain.name={pretrain!r}: choose one of none, synthpipes")
     root = OmegaConf.select(cfg, "data.root")
     if root and not Path(str(root)).expanduser().is_dir():
         raise ConfigError(f"data.root={root} is not a directory. Fix: set data.root to the dataset folder "

@@ -26,7 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import fgkd
 from fgkd.config import ConfigError, to_plain
@@ -205,7 +205,11 @@ class DetectTask(Task):
         trainer and callbacks."""
         if not self.needs_teacher(cfg):
             return None
-        view, val_view = self.teacher_views(cfg)
+        return self.fit_spec(cfg, "teacher", int(cfg.teacher.epochs), OmegaConf.select(cfg, "teacher.seed"))
+
+    def fit_spec(self, cfg: DictConfig, role: str, epochs: int, seed: Any = None) -> dict[str, Any]:
+        """The settings that shape one cached fit of ``role`` (a teacher, a pretraining)."""
+        view, val_view = self.views(cfg, role)
         data = to_plain(cfg.data)
         data_version: dict[str, Any] = {}
         root = data.get("root") if isinstance(data, dict) else None
@@ -221,19 +225,55 @@ class DetectTask(Task):
         return {
             "fgkd": fgkd.__version__,
             "metrics_schema": METRICS_SCHEMA,
-            "model": self.model_config(cfg, "teacher"),
+            "model": self.model_config(cfg, role),
             "data": data,
             "data_version": data_version,
             "view": view,
             "val_view": val_view,
             "preprocess": to_plain(cfg.preprocess) if "preprocessed" in (view, val_view) else {"combo": "none"},
-            "epochs": int(cfg.teacher.epochs),
+            "epochs": int(epochs),
             "imgsz": int(cfg.imgsz),
             "batch_size": int(cfg.batch_size),
-            "seed": cfg.get("seed"),
+            "seed": cfg.get("seed") if seed is None else seed,
             "trainer": trainer,
             "callbacks": callbacks,
         }
+
+    # -- synthetic pretraining (pretrain=synthpipes): the stand-in for the paper's COCO weights ----------------
+    def pretraining(self, cfg: DictConfig, role: str) -> tuple[DictConfig, dict[str, Any], str] | None:
+        pre = to_plain(OmegaConf.select(cfg, "pretrain")) or {}
+        if str(pre.get("name", "none")) == "none":
+            return None
+        model = self.model_config(cfg, role)
+        if model.get("weights"):
+            return None  # the user's weights win
+        part = cfg.copy()
+        with read_write(part), open_dict(part):
+            part.data.synthpipes = {**to_plain(cfg.data.synthpipes), **dict(pre.get("data") or {})}
+            part.model = {**model, "weights": None}
+            part.teacher.model = None
+            part.teacher.ckpt = None
+            part.kd = {"name": "none"}
+            part.preprocess = {**to_plain(cfg.preprocess), "combo": "none"}
+            part.stage = "full"
+            part.eval_view = "original"
+            part.epochs = int(pre["epochs"])
+            part.seed = int(pre.get("seed", 0))
+            part.pretrain = {"name": "none"}
+        spec = {"pretrain": pre, **self.fit_spec(part, "base", int(pre["epochs"]), int(pre.get("seed", 0)))}
+        return part, spec, f"pretrain-{model['name']}"
+
+    def with_pretrained(self, cfg: DictConfig, role: str, weights: Path) -> DictConfig:
+        out = cfg.copy()
+        key = "teacher.model.weights" if role == "teacher" and self._own_teacher_model(cfg) else "model.weights"
+        with read_write(out), open_dict(out):
+            OmegaConf.update(out, key, str(weights), merge=False)
+        return out
+
+    @staticmethod
+    def _own_teacher_model(cfg: DictConfig) -> bool:
+        teacher_model = to_plain(OmegaConf.select(cfg, "teacher.model"))
+        return isinstance(teacher_model, Mapping) and bool(teacher_model.get("name"))
 
     def teacher_label(self, cfg: DictConfig) -> str:
         view, _ = self.teacher_views(cfg)
