@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,28 @@ def test_heterogeneous_teacher_chosen_by_config_is_trained_cached_and_distilled(
     assert torch.load(result.student.artifact_path, weights_only=False)["detector"]["name"] == "yolov8n"
     payload = json.loads(result.metrics_path.read_text())
     assert payload["teacher"]["run"]["model"] == "yolov8s" and payload["run"]["model"] == "yolov8n"
+
+
+def test_synthetic_pretraining_is_cached_per_architecture_and_initialises_the_run(compose_train, tmp_path, monkeypatch):
+    from fgkd import pipeline
+    from fgkd.tasks import get_task
+
+    cfg = compose_train(*TINY, f"paths.cache_dir={tmp_path / 'cache'}", "kd=none", "pretrain=synthpipes",
+                        "pretrain.epochs=1", "pretrain.data.num_images=16", output_dir=tmp_path / "run")
+    task = get_task(cfg)
+    part, spec, label = task.pretraining(cfg, "student")
+    assert label == "pretrain-yolov8n" and part.data.synthpipes.seed == 1000 != cfg.data.synthpipes.seed
+    assert (part.kd.name, part.preprocess.combo, part.epochs, part.model.weights) == ("none", "none", 1, None)
+    first = pipeline.with_pretraining(cfg, task)
+    weights = Path(first.model.weights)
+    assert weights.is_file() and weights.parent.parent == tmp_path / "cache" / "pretrained"
+    assert cfg.model.weights is None  # the caller's config is not changed in place
+    # a second run of the same settings reuses the entry (no fit); other settings get their own entry
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("the cached pretraining was trained again"))
+    assert pipeline.with_pretraining(cfg, task).model.weights == str(weights)
+    other = compose_train(*TINY, f"paths.cache_dir={tmp_path / 'cache'}", "kd=none", "pretrain=synthpipes",
+                          "pretrain.epochs=2", "pretrain.data.num_images=16")
+    assert task.pretraining(other, "student")[1] != spec
+    # the user's own weights win, and pretrain=none does nothing
+    assert task.pretraining(compose_train(*TINY, "pretrain=synthpipes", f"model.weights={weights}"), "student") is None
+    assert task.pretraining(compose_train(*TINY), "student") is None

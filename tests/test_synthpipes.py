@@ -230,6 +230,19 @@ def test_split_sizes():
     assert sp.split_of(sp.SynthPipesSettings(num_images=3, val_fraction=0.01)).count("val") == 1
 
 
+def test_a_test_split_is_held_out_without_moving_val_or_the_cache_key():
+    plain = sp.SynthPipesSettings(num_images=50, val_fraction=0.2)
+    held = sp.SynthPipesSettings(num_images=50, val_fraction=0.2, test_fraction=0.3)
+    a, b = sp.split_of(plain), sp.split_of(held)
+    assert b.count("test") == 15 and b.count("val") == 10 and b.count("train") == 25
+    assert [i for i, s in enumerate(a) if s == "val"] == [i for i, s in enumerate(b) if s == "val"]  # val unchanged
+    assert "test_fraction" not in plain.as_dict() and held.as_dict()["test_fraction"] == 0.3
+    assert plain.key() == sp.SynthPipesSettings(num_images=50, val_fraction=0.2, test_fraction=0.0).key()
+    assert plain.key() != held.key()
+    with pytest.raises(ValueError, match="test_fraction"):
+        sp.SynthPipesSettings(val_fraction=0.5, test_fraction=0.5)
+
+
 def test_bad_settings_name_the_key(tmp_path: Path):
     with pytest.raises(ValueError, match="empty_fraction"):
         sp.SynthPipesSettings(empty_fraction=1.5)

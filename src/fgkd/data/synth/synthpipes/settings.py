@@ -28,6 +28,9 @@ class SynthPipesSettings:
     seed: int = 0
     max_side: int = 640  # longer image side in px (ignored with full_size)
     val_fraction: float = 0.2
+    #: a held-out test split (reported numbers only; model selection stays on val). Left out of the key at 0,
+    #: so the caches of settings without a test split keep their names
+    test_fraction: float = 0.0
     full_size: bool = False  # write PDI camera resolution instead of scaling to max_side
     empty_fraction: float = 0.15  # images drawn without damage
     max_pipes: int = 3
@@ -46,11 +49,12 @@ class SynthPipesSettings:
         for key in ("num_images", "seed", "max_side", "max_pipes", "max_damages", "max_distractors", "jpeg_quality"):
             value = getattr(self, key)
             need(isinstance(value, (int, np.integer)) and not isinstance(value, bool), key, "must be an integer")
-        for key in ("val_fraction", "empty_fraction", "occlusion_prob", "elbow_prob", "portrait_prob"):
+        for key in ("val_fraction", "test_fraction", "empty_fraction", "occlusion_prob", "elbow_prob", "portrait_prob"):
             value = getattr(self, key)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0, key,
                  "must be a number in [0, 1]")
         need(isinstance(self.full_size, bool), "full_size", "must be true or false")
+        need(self.val_fraction + self.test_fraction < 1.0, "test_fraction", "val_fraction + test_fraction must be < 1")
         need(self.num_images >= 1, "num_images", "must be >= 1")
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.max_side >= 32, "max_side", "must be >= 32 px")
@@ -73,6 +77,8 @@ class SynthPipesSettings:
         out = {"name": "synthpipes", "version": GENERATOR_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "test_fraction" and not value:
+                continue
             out[f.name] = value.item() if isinstance(value, np.generic) else value
         return out
 

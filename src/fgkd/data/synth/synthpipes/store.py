@@ -22,7 +22,8 @@ from fgkd.io import COMPLETE_MARKER, atomic_write, file_lock, publish_dir, remov
 
 # --------------------------------------------------------------------------------------------- writing
 def split_of(settings: SynthPipesSettings) -> list[str]:
-    """'train' / 'val' per image index (a seeded permutation; both splits non-empty when N >= 2)."""
+    """'train' / 'val' / 'test' per image index: val is a seeded permutation's head (both train and val non-empty
+    when N >= 2), test a seeded draw from the rest (``test_fraction`` of N; none at 0, the same val as before)."""
     n = settings.num_images
     n_val = int(round(n * settings.val_fraction))
     if settings.val_fraction > 0 and n >= 2:
@@ -30,7 +31,10 @@ def split_of(settings: SynthPipesSettings) -> list[str]:
     else:
         n_val = 0
     val = set(np.random.default_rng([settings.seed, 0]).permutation(n)[:n_val].tolist())
-    return ["val" if i in val else "train" for i in range(n)]
+    rest = [i for i in range(n) if i not in val]
+    n_test = min(int(round(n * settings.test_fraction)), max(len(rest) - 1, 0)) if settings.test_fraction > 0 else 0
+    test = set(np.random.default_rng([settings.seed, 1]).permutation(rest)[:n_test].tolist()) if n_test else set()
+    return ["val" if i in val else "test" if i in test else "train" for i in range(n)]
 
 
 def _write_one(job: tuple[int, str, str, SynthPipesSettings]) -> dict:
@@ -50,8 +54,8 @@ def _write_one(job: tuple[int, str, str, SynthPipesSettings]) -> dict:
 
 
 def _data_yaml(settings: SynthPipesSettings) -> dict:
-    return {"names": list(CLASS_NAMES), "nc": len(CLASS_NAMES), "train": "images/train", "val": "images/val",
-            "generator": settings.as_dict()}
+    splits = {"train": "images/train", "val": "images/val", **({"test": "images/test"} if settings.test_fraction else {})}
+    return {"names": list(CLASS_NAMES), "nc": len(CLASS_NAMES), **splits, "generator": settings.as_dict()}
 
 
 def _is_complete(root: Path, settings: SynthPipesSettings) -> bool:
@@ -84,7 +88,7 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int, max_side: i
     tmp = tmp_sibling(out)
     try:
         for kind in ("images", "labels", "masks"):
-            for split in ("train", "val"):
+            for split in ("train", "val", *(("test",) if config.test_fraction else ())):
                 (tmp / kind / split).mkdir(parents=True, exist_ok=True)
         splits = split_of(config)
         jobs = [(i, splits[i], str(tmp), config) for i in range(config.num_images)]
