@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fgkd import preprocess as pp
+from fgkd.options import BG_TRANSFORMS, FG_TRANSFORMS
 from fgkd.preprocess import COMBOS, DEFAULT_PARAMS, apply, apply_torch, from_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "preprocess"
@@ -43,7 +44,7 @@ NONE = np.zeros((5, 5), bool)
 def test_combos_table_and_fig4_order():
     assert set(COMBOS) == {"none", "rb", "bb", "sf", "ef", "rb_sf", "rb_ef", "bb_sf", "bb_ef"}
     for name, (bg, fg) in COMBOS.items():
-        assert bg in pp.BG_TRANSFORMS and fg in pp.FG_TRANSFORMS
+        assert bg in BG_TRANSFORMS and fg in FG_TRANSFORMS
         parts = {"rb": "remove", "bb": "blur", "sf": "sharpen", "ef": "equalize"}
         expected = {parts[p] for p in name.split("_") if p in parts}
         assert {t for t in (bg, fg) if t != "identity"} == expected
