@@ -71,12 +71,12 @@ class ExpandedResult:
 
 
 def cached_fit(cfg: DictConfig, task: Task, role: str, cache_root: Path, spec: dict[str, Any], label: str,
-               epochs: int, what: str) -> CacheEntry:
+               epochs: int, what: str, kind: str) -> CacheEntry:
     """One fit kept in a content-keyed cache (``fgkd.teacher_cache``): trained when no finished entry for
     ``spec`` exists, else reused. The entry holds the artifact, ``metrics.json`` and ``results.png``."""
 
     def build(tmp: Path) -> None:
-        print(f"[{task.name}] {what}: training ({label})", flush=True)
+        print(f"[{task.name}] {what}: training the {kind} ({label})", flush=True)
         # ckpt_path=auto: an interrupted earlier build left its last.ckpt in this folder (TeacherCache)
         result = fit(cfg, task, role, output_dir=tmp / "run", epochs=epochs, ckpt_path=AUTO_RESUME)
         if result.artifact_path is None:
@@ -88,7 +88,7 @@ def cached_fit(cfg: DictConfig, task: Task, role: str, cache_root: Path, spec: d
 
     entry = TeacherCache(cache_root).get_or_build(spec, build, label=label)
     if entry.reused:
-        print(f"[{task.name}] {what}: reusing {entry.path}", flush=True)
+        print(f"[{task.name}] {what}: reusing the cached {kind} {entry.path}", flush=True)
     return entry
 
 
@@ -104,7 +104,7 @@ def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
         with read_write(teacher_cfg), open_dict(teacher_cfg):
             teacher_cfg.seed = int(cfg.teacher.seed)
     return cached_fit(teacher_cfg, task, "teacher", cache_root, spec, task.teacher_label(cfg),
-                      int(cfg.teacher.epochs), "stage 1/2 (the teacher)")
+                      int(cfg.teacher.epochs), "stage 1/2", "teacher")
 
 
 def with_pretraining(cfg: DictConfig, task: Task) -> DictConfig:
@@ -119,7 +119,7 @@ def with_pretraining(cfg: DictConfig, task: Task) -> DictConfig:
         if plan is None:
             continue
         part, spec, label = plan
-        entry = cached_fit(part, task, "base", cache_root, spec, label, int(part.epochs), "pretraining")
+        entry = cached_fit(part, task, "base", cache_root, spec, label, int(part.epochs), "pretraining", "pretrained model")
         print(f"[{task.name}] {role} initialised from the pretrained {entry.checkpoint}", flush=True)
         cfg = task.with_pretrained(cfg, role, entry.checkpoint)
     return cfg
