@@ -114,13 +114,13 @@ def test_a_stopped_run_saves_progress_and_exits_non_zero(tmp_path, tiny_synthpip
 
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, str(REPO_ROOT / "train.py"), "kd=none", "imgsz=64", "epochs=200", "batch_size=2",
+    command = [sys.executable, str(REPO_ROOT / "train.py"), "kd=none", "imgsz=64", "epochs=5000", "batch_size=2",
                "num_workers=0", "logger=none", "data.synthpipes.num_images=8", "data.synthpipes.max_side=96",
                "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not (run / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert proc.poll() is None, proc.stdout.read()[-2000:]
     proc.send_signal(getattr(signal, signum))
     out, _ = proc.communicate(timeout=300)
