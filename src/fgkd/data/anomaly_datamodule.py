@@ -88,11 +88,6 @@ def unfit_square(amap: np.ndarray, size: tuple[int, int], mode: str = "square") 
     return cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def resize_square(image: np.ndarray, imgsz: int) -> np.ndarray:
-    """``[imgsz, imgsz, 3]`` (bilinear; INTER_AREA when shrinking, like an antialiased resize)."""
-    return fit_square(image, imgsz, "square")
-
-
 def load_rgb(path: str | os.PathLike[str], imgsz: int, mode: str = "square") -> np.ndarray:
     """RGB uint8 ``[imgsz, imgsz, 3]`` of an image file (:func:`fit_square`; letterbox pads the mean colour)."""
     return fit_square(read_image(path), imgsz, mode, MEAN_RGB)
