@@ -262,8 +262,9 @@ def fit(
         extras=task.extras(best),
     )
     if trainer.is_global_zero:
+        test = task.held_out_test(cfg, role, module, artifact_path) if artifact_path is not None else None
         write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role),
-                                                           teacher=teacher_info))
+                                                           teacher=teacher_info, test=test))
         try:
             plot_history(result.history, output_dir / RESULTS_FILE, task.metric_columns, task.display_names,
                          title=f"{task.name} · {role}")
@@ -312,7 +313,8 @@ def validate_once(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.Li
 
 # -- metrics.json --------------------------------------------------------------------------------------
 def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
-                    teacher: Mapping[str, Any] | None = None, paths: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    teacher: Mapping[str, Any] | None = None, paths: Mapping[str, Any] | None = None,
+                    test: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The one ``metrics.json`` layout of every stage and task::
 
         {"schema", "task", "role",            # role: base | teacher | student
@@ -320,6 +322,7 @@ def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
          "display": {paper name: value}, "per_class": {...}, "epoch": best epoch,
          "run": {...},                         # the task's description of the run (model, views, kd, alpha ...)
          "teacher": null | {"metrics", "path", "source", ...},
+         "test": null | {"metrics", "images", "views": {view: {"metrics", "per_class"}}, ...},  # Task.held_out_test
          "paths": {"run_dir", "best_ckpt", "last_ckpt", "artifact", ...}, "history": [...],
          "extras": {...}}                      # the task's additions (Task.extras; e.g. {"rows": {baseline}})
     """
@@ -333,6 +336,7 @@ def metrics_payload(task: Task, result: FitResult, *, run: Mapping[str, Any],
         "epoch": result.best_epoch,
         "run": dict(run),
         "teacher": dict(teacher) if teacher is not None else None,
+        "test": dict(test) if test is not None else None,
         "paths": {
             "run_dir": str(result.output_dir),
             "best_ckpt": str(result.best_ckpt) if result.best_ckpt else None,

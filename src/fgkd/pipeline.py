@@ -205,9 +205,10 @@ def run_two_stage(cfg: DictConfig, task: Task) -> PipelineResult:
         cache_root = Path(str(OmegaConf.select(cfg, "paths.cache_dir"))) / "teachers"
         entry = train_teacher(cfg, task, cache_root)
         teacher_path, reused = entry.checkpoint, entry.reused
-        teacher_metrics = dict(read_metrics(entry.path / METRICS_FILE)["metrics"])
+        teacher_payload = read_metrics(entry.path / METRICS_FILE)
+        teacher_metrics = dict(teacher_payload["metrics"])
         teacher_info = {"path": str(entry.path), "key": entry.key, "reused": entry.reused, "source": "cache",
-                        "run": teacher_run}
+                        "run": teacher_run, "test": teacher_payload.get("test")}
     teacher_info["metrics"] = teacher_metrics
     teacher_info["file"] = str(link_teacher(teacher_path, output_dir / "teacher", task.artifact_name))
     teacher, _ = task.load_artifact(teacher_path)

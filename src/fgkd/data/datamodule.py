@@ -424,11 +424,17 @@ class DetectionDataModule(L.LightningDataModule):
             return []
         return self._loader(dataset, self.val_batch_size)
 
-    def test_dataloader(self) -> DataLoader | list:
-        dataset = self._dataset("test") or self._dataset("val")
-        if dataset is None:
-            return []
-        return self._loader(dataset, self.val_batch_size)
+    def has_split(self, split: str) -> bool:
+        """True when ``split`` has at least one image (e.g. a held-out ``test`` split for reported numbers)."""
+        dataset = self._dataset(split)
+        return dataset is not None and len(dataset) > 0
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out test split (never the val split in its place: numbers on it are reported as test)."""
+        if not self.has_split("test"):
+            raise DataError("the data has no test split: SynthPipes takes data.synthpipes.test_fraction=0.3, a "
+                            "YOLO data.yaml a `test:` entry, COCO data.ann_test")
+        return self._loader(self._dataset("test"), self.val_batch_size)
 
 
 @rank_zero_only

@@ -98,6 +98,12 @@ class Task(ABC):
     def load_artifact(self, path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
         """``(model, info)`` from :meth:`save_artifact` output (or a Lightning checkpoint of the task)."""
 
+    def held_out_test(self, cfg: DictConfig, role: str, module: pl.LightningModule,
+                      artifact_path: Path) -> dict[str, Any] | None:
+        """``metrics.json["test"]``: the exported model (``artifact_path``) on a held-out test split that took no
+        part in choosing the epoch, or None when the data has none (the default; detect: a ``test`` split)."""
+        return None
+
     # -- results ------------------------------------------------------------------------------------------
     def summarize(self, best: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """``(metrics, per_class)`` from the best validation record: the metric columns (NaN when absent)."""

@@ -34,9 +34,9 @@ from fgkd.engine import METRICS_SCHEMA, validate_once
 from fgkd.io import atomic_save
 from fgkd.lit.detection import DetectionModule
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
-from fgkd.metrics.detection import PER_CLASS_PREFIX
+from fgkd.metrics.detection import PER_CLASS_PREFIX, build_map_metric, summarize
 from fgkd.models.detectors.base import Detector, build_detector
-from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
+from fgkd.options import DISPLAY_NAMES, FIVE_METRICS, VIEW_KEYS
 from fgkd.tasks.base import Task, register_task
 from fgkd.tasks.checks import check_detect, require_combo
 from fgkd.teacher_cache import dataset_fingerprint
@@ -249,7 +249,9 @@ class DetectTask(Task):
             return None  # the user's weights win
         part = cfg.copy()
         with read_write(part), open_dict(part):
-            part.data.synthpipes = {**to_plain(cfg.data.synthpipes), **dict(pre.get("data") or {})}
+            # no test split in the pretraining set (its scenes are disjoint from the evaluation data anyway), so
+            # one pretrained model serves evaluation data with and without a held-out test split
+            part.data.synthpipes = {**to_plain(cfg.data.synthpipes), "test_fraction": 0.0, **dict(pre.get("data") or {})}
             part.model = {**model, "weights": None}
             part.teacher.model = None
             part.teacher.ckpt = None
@@ -354,7 +356,6 @@ class DetectTask(Task):
         datamodule = module.trainer.datamodule if module._trainer is not None else None
         if datamodule is None:
             return
-        from fgkd.lit.detection import VIEW_KEYS
         from fgkd.metrics.detection_figures import collect_predictions, write_detection_figures
 
         try:
@@ -367,6 +368,37 @@ class DetectTask(Task):
             detector.train(was_training)
         except Exception as err:  # noqa: BLE001 - a picture must never fail a finished run
             logging.getLogger(__name__).warning("could not draw the detection figures in %s: %s", output_dir, err)
+
+    def held_out_test(self, cfg: DictConfig, role: str, module: pl.LightningModule,
+                      artifact_path: Path) -> dict[str, Any] | None:
+        """The exported detector on the data's ``test`` split (none: None), through the fit's validation view and,
+        for a model validated on X_M, also on the original images (Tables 1-2 side by side). ``metrics``: the
+        first view's five columns; the epoch was chosen on val, so these are the numbers to report."""
+        datamodule = module.trainer.datamodule if module._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "has_split") or not datamodule.has_split("test"):
+            return None
+        from fgkd.metrics.detection_figures import collect_predictions
+
+        detector, _ = load_detector(artifact_path, map_location=module.device)
+        detector.eval()
+        views = [module.val_view] + (["original"] if module.val_view == "preprocessed" else [])
+        loader = datamodule.test_dataloader()
+        report: dict[str, Any] = {"split": "test", "selected_on": "val", "views": {}}
+        with torch.no_grad():
+            for view in views:
+                preds, targets, _ = collect_predictions(detector, loader, VIEW_KEYS[view], module.postprocess_kwargs,
+                                                        keep_images=0)
+                metric = build_map_metric()
+                metric.update(preds, targets)
+                scalars = summarize(metric.compute(), module.class_names)
+                metrics, per_class = self.summarize(scalars)
+                report["views"][view] = {"metrics": metrics, "per_class": per_class}
+        report.update(images=len(targets), boxes=int(sum(len(t["labels"]) for t in targets)),
+                      view=views[0], metrics=report["views"][views[0]]["metrics"])
+        print(f"[{self.name}] {role} on the held-out test split ({report['images']} images, {report['boxes']} boxes): "
+              + ", ".join(f"{view} mAP {entry['metrics']['map']:.3f}" for view, entry in report["views"].items()),
+              flush=True)
+        return report
 
     def load_artifact(self, path: str | os.PathLike[str]) -> tuple[Detector, dict[str, Any]]:
         return load_detector(path)
