@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fgkd import sweeps
+from fgkd import sweep_tables, sweeps
 from fgkd.paths import outputs_root
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(an interrupted run resumes from its last.ckpt)", flush=True)
             return 130
     results = sweeps.collect_results(exp, sweep_dir, scale, seeds, extra)
-    text = sweeps.write_outputs(exp, results, out_dir, command)
+    text = sweep_tables.write_outputs(exp, results, out_dir, command)
     print(text)
     print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}"
           + (f" and {out_dir / 'fig6.png'}" if exp.layout.get("figure") == "fig6" else ""))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fgkd import sweeps
+from fgkd import sweep_tables, sweeps
 from fgkd.engine import METRICS_SCHEMA
 
 FIVE = dict(zip(sweeps.METRIC_KEYS, (0.25, 0.5, 0.2, 0.3, 0.4), strict=True))
@@ -31,7 +31,7 @@ def _fabricate(run: sweeps.Run, sweep_dir: Path, metrics: dict | None, failed: b
 @pytest.mark.parametrize(
     "name,count",
     [("table1", 9), ("table2", 9), ("table3", 24), ("table4", 7), ("table5", 12), ("table6", 8), ("fig6", 12),
-     ("smoke_grid", 4)],
+     ("smoke_grid", 4), ("results", 6)],
 )
 def test_presets_expand_to_the_papers_grids(name, count):
     exp = sweeps.load_experiment(name)
@@ -77,7 +77,7 @@ def test_aggregation_of_fabricated_runs_with_a_failed_and_a_duplicated_run(tmp_p
     (tmp_path / "runs" / (dup.name + "-copy") / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "metrics": FIVE}))
 
     results = sweeps.collect_results(exp, tmp_path, "smoke", seeds=2)
-    header, rows, failed = sweeps.build_table(exp, results)
+    header, rows, failed = sweep_tables.build_table(exp, results)
     assert header == ["Method", "mAP", "mAP50", "mAR1", "mAR10", "mAR100"]
     assert [r[0] for r in rows][:3] == ["MSE, α = 0.1", "MSE, α = 0.5", "MSE, α = 1"]
     assert len(rows) == 12
@@ -88,7 +88,7 @@ def test_aggregation_of_fabricated_runs_with_a_failed_and_a_duplicated_run(tmp_p
     mmd1 = rows[[r[0] for r in rows].index("MMD, α = 1")]
     assert mmd1[1] == "0.250"  # only the seed-0 run finished
     assert [f.run.describe() for f in failed] == ["kd=mmd alpha=1 seed=1"]
-    text = sweeps.write_outputs(exp, results, tmp_path / "out", "python sweep.py table5 seeds=2")
+    text = sweep_tables.write_outputs(exp, results, tmp_path / "out", "python sweep.py table5 seeds=2")
     assert "FAILED, log" in text and "train.log" in text
     assert (tmp_path / "out" / "table.csv").read_text().splitlines()[0] == "Method,mAP,mAP50,mAR1,mAR10,mAR100"
     assert (tmp_path / "out" / "fig6.png").stat().st_size > 10_000
@@ -101,7 +101,7 @@ def test_table3_comparison_columns_format_like_the_paper(tmp_path):
         p = dict(run.params)
         if p["model"] == "yolov6s":
             _fabricate(run, tmp_path, {**FIVE, "map": values[p["method"]]})
-    header, rows, failed = sweeps.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", 1))
+    header, rows, failed = sweep_tables.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", 1))
     assert header == ["Model", "Base", "Feature-KD", "Proposed", "vs Base", "vs Feature-KD"]
     row = next(r for r in rows if r[0] == "YOLOv6s")
     assert row[1:] == ["0.219", "0.207", "0.223", "+0.004 (+1.8%)", "+0.016 (+7.7%)"]
@@ -289,9 +289,68 @@ def test_ad_mtd_rows_are_the_models_with_mean_std_over_seeds_and_the_baseline_ro
         (d / "metrics.json").write_text(json.dumps({
             "schema": METRICS_SCHEMA, "metrics": {"image_auroc": score, "pixel_auroc": 0.8, "aupro": 0.3},
             "extras": {"baseline": baseline}}))
-    header, rows, failed = sweeps.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", seeds=2))
+    header, rows, failed = sweep_tables.build_table(exp, sweeps.collect_results(exp, tmp_path, "smoke", seeds=2))
     assert header[:4] == ["Model", "I-AUROC", "P-AUROC", "AUPRO"] and not failed
     labels = [r[0] for r in rows]
     assert labels[:3] == ["RD4AD", "two-teacher RD (paper 001)", "BSDRD (struct + detail, MD-GFLoss)"]
     assert rows[2][1] == "0.700 ± 0.071"  # mean(0.65, 0.75), sample std
-    assert labels[-1] == sweeps.BASELINE_ROW and rows[-1][1] == "0.600 ± 0.141"  # one baseline per seed
+    assert labels[-1] == sweep_tables.BASELINE_ROW and rows[-1][1] == "0.600 ± 0.141"  # one baseline per seed
+
+
+def _test_block(map_value: float, views: tuple[str, ...] = ("original",)) -> dict:
+    metrics = {**FIVE, "map": map_value}
+    return {"split": "test", "metrics": metrics, "images": 120, "views": {v: {"metrics": metrics} for v in views}}
+
+
+def test_results_table_pairs_each_method_with_base_per_seed_on_the_test_split(tmp_path):
+    exp = sweeps.load_experiment("results")
+    assert exp.params == {"model": ["yolov8n", "yolov6n"], "method": ["base", "feature_kd_cs", "proposed_rb_sf"]}
+    runs = exp.runs("dev", seeds=3)
+    assert len(runs) == 18
+    test_map = {"base": (0.20, 0.22, 0.21), "feature_kd_cs": (0.20, 0.23, 0.21), "proposed_rb_sf": (0.21, 0.24, 0.24)}
+    for run in runs:
+        p = dict(run.params)
+        if p["model"] == "yolov6n" and p["method"] == "proposed_rb_sf" and run.seed == 2:
+            continue  # not finished: left out of its row and of the pairing
+        d = run.directory(tmp_path)
+        d.mkdir(parents=True)
+        teacher = None
+        if p["method"] != "base":  # one teacher shared by the three seeds (teacher.seed 0): one teacher row each
+            views = ("preprocessed", "original") if p["method"] == "proposed_rb_sf" else ("original",)
+            teacher = {"key": f"{p['model']}-{p['method']}", "metrics": {"map": 0.9}, "test": _test_block(0.5, views)}
+        (d / "metrics.json").write_text(json.dumps({
+            "schema": METRICS_SCHEMA, "metrics": {**FIVE, "map": 0.99},  # val numbers: never in this table
+            "teacher": teacher, "test": _test_block(test_map[p["method"]][run.seed])}))
+    header, rows, failed = sweep_tables.build_table(exp, sweeps.collect_results(exp, tmp_path, "dev", seeds=3))
+    assert header[:3] == ["Detector", "Method", "mAP"] and header[-3:] == ["Δ mAP vs Base training (paired)",
+                                                                           "Δ / base", "p (paired t)"]
+    assert len(failed) == 1
+    by = {(r[0], r[1]): r for r in rows}
+    base = by[("YOLOv8n", "Base training")]
+    assert base[2] == "0.210 ± 0.010" and base[7] == "3" and base[-3:] == ["", "", ""]
+    proposed = by[("YOLOv8n", "Proposed (RB & SF, CS, α 0.5)")]
+    # per-seed Δ = 0.01, 0.02, 0.03: mean 0.02, std 0.01; 0.02 / 0.21 = +9.5 %; paired t = 0.02 / (0.01 / √3), df 2,
+    # two-sided p = 1 - t / √(t² + 2) = 0.074
+    assert proposed[2] == "0.230 ± 0.017" and proposed[-3:] == ["+0.020 ± 0.010", "+9.5 %", "0.07"]
+    assert by[("YOLOv8n", "Feature KD-CS (teacher on X)")][-3:-1] == ["+0.003 ± 0.006", "+1.6 %"]
+    # the unfinished seed: two seeds in the row, pairs over the seeds both rows have (0.01, 0.02 over 0.20, 0.22)
+    v6 = by[("YOLOv6n", "Proposed (RB & SF, CS, α 0.5)")]
+    assert v6[7] == "2" and v6[-3:-1] == ["+0.015 ± 0.007", "+7.1 %"]
+    teacher_rows = [r[1] for r in rows if r[0] == "YOLOv8n" and r[1].startswith("its teacher")]
+    assert teacher_rows == ["its teacher on X: Feature KD-CS (teacher on X)",
+                            "its teacher on X_M: Proposed (RB & SF, CS, α 0.5)",
+                            "its teacher on X: Proposed (RB & SF, CS, α 0.5)"]
+    assert by[("YOLOv8n", teacher_rows[1])][2] == "0.500" and by[("YOLOv8n", teacher_rows[1])][7] == "1"
+    sweep_tables.write_outputs(exp, sweeps.collect_results(exp, tmp_path, "dev", seeds=3), tmp_path / "out", "cmd")
+    assert (tmp_path / "out" / "results.png").stat().st_size > 10_000
+
+
+def test_results_table_refuses_runs_without_a_test_split(tmp_path):
+    exp = sweeps.load_experiment("results")
+    run = exp.runs("dev", seeds=1)[0]
+    d = run.directory(tmp_path)
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "metrics": FIVE, "test": None}))
+    header, rows, failed = sweep_tables.build_table(exp, sweeps.collect_results(exp, tmp_path, "dev", seeds=1))
+    assert [r.run for r in failed if r.metrics is not None] == [run]  # finished, but nothing to report: listed
+    assert rows[0][2] == "—"

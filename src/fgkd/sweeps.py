@@ -1,4 +1,4 @@
-"""Paper ablation grids: expansion, run bookkeeping, launching and aggregation into tables and Fig. 6.
+"""Paper ablation grids: expansion, run bookkeeping and launching (the tables: :mod:`fgkd.sweep_tables`).
 
 One source of truth per table: ``conf/experiment/<name>.yaml``. Its ``hydra.sweeper.params`` is the grid
 (Hydra's own override grammar, so ``python train.py -m experiment=<name>`` runs the same grid) and its
@@ -15,11 +15,9 @@ started again or submitit requeues it. ``$FGKD_TRAIN_COMMAND`` replaces the trai
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
-import math
 import os
 import shlex
 import shutil
@@ -27,14 +25,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fgkd.io import atomic_open, atomic_save, atomic_write
 from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
 from fgkd.paths import project_root
 
@@ -388,191 +385,3 @@ def launch(runs: list[Run], sweep_dir: Path, launcher: str = "local", extra: Seq
             report(i, result, time.monotonic() - start)
             results.append(result)
     return results
-
-
-# ----------------------------------------------------------------------------------------------- tables
-def _label(run: Run, layout: dict[str, Any], keys: Iterable[str]) -> str:
-    labels = layout.get("labels") or {}
-    values = {k.split(".")[-1].lstrip("+~"): str(labels.get(k, {}).get(v, v)) for k, v in run.params if k in keys}
-    template = layout.get("row")
-    if template:
-        return template.format(**values)
-    return ", ".join(values.values())
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def _fmt(values: list[float]) -> str:
-    mean, std = _mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
-
-
-def _signed_change(new: float, old: float) -> str:
-    rel = f"{(new - old) / old * 100:+.1f}%" if old else "n/a"
-    return f"{new - old:+.3f} ({rel})"
-
-
-def build_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], list[list[str]], list[RunResult]]:
-    """(header, rows, failed): the paper's layout; ``failed`` lists runs without metrics."""
-    layout = exp.layout
-    failed = [r for r in results if r.metrics is None]
-    if layout.get("kind") == "comparison":  # Table 3: rows = models, columns = methods on mAP
-        row_key, col_key = layout["row_key"], layout["column_key"]
-        columns = [c for c in exp.params[col_key]]
-        names = layout.get("labels", {}).get(col_key, {})
-        grouped: dict[str, dict[str, list[float]]] = {}
-        for r in results:
-            p = dict(r.run.params)
-            cell = grouped.setdefault(p[row_key], {}).setdefault(p[col_key], [])
-            if r.metrics:
-                cell.append(r.metrics["map"])
-        header = [layout.get("row_title", "Model")] + [names.get(c, c) for c in columns]
-        comparisons = layout.get("comparisons", [])  # [[new, old], ...] column ids
-        header += [f"vs {names.get(old, old)}" for _, old in comparisons]
-        rows = []
-        for model in exp.params[row_key]:
-            cells = grouped.get(model, {})
-            row = [layout.get("labels", {}).get(row_key, {}).get(model, model)]
-            row += [_fmt(cells[c]) if cells.get(c) else "—" for c in columns]
-            for new, old in comparisons:
-                if cells.get(new) and cells.get(old):
-                    row.append(_signed_change(_mean_std(cells[new])[0], _mean_std(cells[old])[0]))
-                else:
-                    row.append("—")
-            rows.append(row)
-        return header, rows, failed
-    if layout.get("kind") == "per_category":
-        return _per_category_table(exp, results) + (failed,)
-    keys, names = exp.metric_keys, exp.metric_names
-    row_keys = [k for k in exp.params if k != "seed"]
-    grouped_rows: dict[str, list[RunResult]] = {}
-    for r in results:
-        grouped_rows.setdefault(_label(r.run, layout, row_keys), [])
-        if r.metrics:
-            grouped_rows[_label(r.run, layout, row_keys)].append(r)
-    header = [layout.get("row_title", "Method"), *names]
-    if layout.get("group_means"):  # anomaly: paper 001's "Average" = mean of the texture and object means
-        header += [f"{name} (T/O)" for name in names]
-    paper = layout.get("paper") or {}
-    if paper:
-        header.append("paper")
-    rows = []
-    for label, done in grouped_rows.items():
-        row = [label] + ([_fmt([r.metrics[k] for r in done]) for k in keys] if done else ["—"] * len(keys))
-        if layout.get("group_means"):
-            means = [_group_mean(r) for r in done]
-            row += [_fmt([m[k] for m in means if m]) if any(means) else "—" for k in keys]
-        if paper:
-            row.append(str(paper.get(label, "—")))
-        rows.append(row)
-    baseline = _baseline_per_seed(results) if exp.task == "anomaly" else []
-    if baseline:  # the data's trivial baseline: the same for every model, one value per seed
-        row = [BASELINE_ROW] + [_fmt([b[k] for b in baseline if k in b]) for k in keys]
-        row += ["—"] * (len(header) - len(row))
-        rows.append(row)
-    return header, rows, failed
-
-
-BASELINE_ROW = "trivial baseline (distance to the mean train image)"
-
-
-def _baseline_per_seed(results: list[RunResult]) -> list[dict[str, float]]:
-    seen: dict[int, dict[str, float]] = {}
-    for r in results:
-        baseline = ((r.payload or {}).get("extras") or {}).get("baseline")
-        if baseline and r.run.seed not in seen:
-            seen[r.run.seed] = {k: float(v) for k, v in baseline.items()}
-    return list(seen.values())
-
-
-def _group_mean(result: RunResult) -> dict[str, float] | None:
-    groups = ((result.payload or {}).get("extras") or {}).get("group_means") or {}
-    return groups.get("mean_of_groups")
-
-
-def _per_category_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
-    """Rows = categories (then the class mean and the texture/object mean), columns = models × metrics, each
-    cell ``I / P / PRO`` (paper 001 Tables 1-3 side by side)."""
-    layout = exp.layout
-    keys = exp.metric_keys
-    row_keys = [k for k in exp.params if k != "seed"]
-    columns: dict[str, RunResult] = {}
-    for r in results:
-        columns.setdefault(_label(r.run, layout, row_keys), r)
-    categories: list[str] = []
-    for r in columns.values():
-        for name in (r.payload or {}).get("per_class") or {}:
-            if name not in categories:
-                categories.append(name)
-
-    def cell(values: dict[str, float] | None) -> str:
-        return " / ".join(f"{values[k]:.3f}" for k in keys) if values else "—"
-
-    header = [layout.get("row_title", "Category")] + [f"{label} ({' / '.join(exp.metric_names)})" for label in columns]
-    rows = [[name] + [cell(((r.payload or {}).get("per_class") or {}).get(name)) for r in columns.values()]
-            for name in categories]
-    rows.append([f"mean ({len(categories)} classes)"] + [cell(r.metrics) for r in columns.values()])
-    rows.append(["mean of texture/object means"] + [cell(_group_mean(r)) for r in columns.values()])
-    paper = layout.get("paper") or {}
-    if paper:
-        rows.append(["paper"] + [str(paper.get(dict(r.run.params).get("model", ""), "—")) for r in columns.values()])
-    return header, rows
-
-
-def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(exp: Experiment, results: list[RunResult], out_dir: Path, command: str) -> str:
-    header, rows, failed = build_table(exp, results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = f"{exp.layout.get('title', exp.name)}\n\n" + to_markdown(header, rows)
-    text += f"\nCommand: `{command}`\n"
-    if failed:
-        text += "\nRuns without results (failed or not run yet):\n"
-        text += "".join(f"- {r.run.describe()}: {'FAILED, log ' + str(r.log) if r.failed else 'missing'}\n"
-                        for r in failed)
-    atomic_write(out_dir / "table.md", text)
-    with atomic_open(out_dir / "table.csv", "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    if exp.layout.get("figure") == "fig6":
-        plot_fig6(exp, results, out_dir / "fig6.png", command)
-    return text
-
-
-def plot_fig6(exp: Experiment, results: list[RunResult], path: Path, command: str) -> None:
-    """Fig. 6: mAP against α, one line per KD loss (mean over seeds, std as error bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = exp.layout.get("labels", {}).get("kd", {})
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
-    for loss in exp.params["kd"]:
-        xs, ys, es = [], [], []
-        for alpha in exp.params["alpha"]:
-            values = [r.metrics["map"] for r in results if r.metrics
-                      and dict(r.run.params).get("kd") == loss and dict(r.run.params).get("alpha") == alpha]
-            if values:
-                mean, std = _mean_std(values)
-                xs.append(float(alpha)), ys.append(mean), es.append(std)
-        if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels.get(loss, loss))
-    ax.set_xlabel("α")
-    ax.set_ylabel("mAP")
-    ax.set_title("mAP vs α per KD loss", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.text(0.01, 0.01, command, fontsize=6, color="gray")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    atomic_save(path, lambda handle: fig.savefig(handle, format="png"))
-    plt.close(fig)
