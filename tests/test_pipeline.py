@@ -158,3 +158,36 @@ def test_synthetic_pretraining_is_cached_per_architecture_and_initialises_the_ru
     # the user's own weights win, and pretrain=none does nothing
     assert task.pretraining(compose_train(*TINY, "pretrain=synthpipes", f"model.weights={weights}"), "student") is None
     assert task.pretraining(compose_train(*TINY), "student") is None
+    # the evaluation data's held-out test split does not change the pretrained model (none in the pretraining set)
+    with_test = compose_train(*TINY, f"paths.cache_dir={tmp_path / 'cache'}", "kd=none", "pretrain=synthpipes",
+                              "pretrain.epochs=1", "pretrain.data.num_images=16", "data.synthpipes.test_fraction=0.3")
+    assert task.pretraining(with_test, "student")[1] == spec
+
+
+def test_held_out_test_split_is_reported_for_student_and_teacher_on_both_views(compose_train, tmp_path):
+    import lightning.pytorch as pl
+
+    from fgkd.engine import read_metrics
+    from fgkd.lit.detection import DetectionModule
+    from fgkd.tasks.detect import load_detector
+
+    cfg = compose_train(*TINY, f"paths.cache_dir={tmp_path / 'cache'}", "data.synthpipes.num_images=20",
+                        "data.synthpipes.test_fraction=0.4", "kd=cs", "preprocess=rb_sf", output_dir=tmp_path / "run")
+    result = run(cfg)
+    payload = read_metrics(result.metrics_path)
+    test = payload["test"]
+    assert (test["split"], test["selected_on"], test["view"], list(test["views"])) == ("test", "val", "original", ["original"])
+    assert test["images"] == 8  # round(0.4 * 20), disjoint from val (4) and train (8)
+    assert set(test["metrics"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
+    teacher_test = payload["teacher"]["test"]
+    assert list(teacher_test["views"]) == ["preprocessed", "original"] and teacher_test["view"] == "preprocessed"
+    # the reported numbers are the exported detector's on the test loader, as an independent validation computes them
+    task = DetectTask()
+    datamodule = task.build_datamodule(cfg, "student")
+    datamodule.setup("fit")
+    detector, _ = load_detector(result.output_dir / "detector.pt")
+    module = DetectionModule(detector, class_names=datamodule.class_names)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    assert trainer.callback_metrics["val/map_50"].item() == pytest.approx(test["metrics"]["map_50"], abs=1e-6)
