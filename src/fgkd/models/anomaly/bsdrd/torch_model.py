@@ -210,8 +210,8 @@ class BSDRD(nn.Module):
         return torch.stack([fuse_maps(cosine_distance_maps(teacher, s), size, "sum") for s in students.values()])
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(maps [B, H, W] at the input size, image scores [B])``."""
+    def predict(self, images: torch.Tensor, blur_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(maps [B, H, W] at the input size, image scores [B])``; ``blur_dtype``: see ``gaussian_blur``."""
         teacher, students = self(images)
         per_student = self.student_maps(teacher, students, tuple(images.shape[-2:]))
         if self.student_fusion == "max":
@@ -220,7 +220,7 @@ class BSDRD(nn.Module):
             fused = (per_student / self.map_scale.clamp_min(1e-6).view(-1, 1, 1, 1)).sum(0)
         else:
             fused = per_student.sum(0)
-        maps = gaussian_blur(fused, self.sigma)
+        maps = gaussian_blur(fused, self.sigma, dtype=blur_dtype)
         return maps, image_scores(maps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

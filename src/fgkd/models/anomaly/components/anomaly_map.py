@@ -60,13 +60,16 @@ def _reflect_pad(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     return x.index_select(dim, idx)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
-    """``scipy.ndimage.gaussian_filter(map, sigma)`` per ``[..., H, W]`` map (float32 out); σ ≤ 0: unchanged."""
+def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter(map, sigma)`` per ``[..., H, W]`` map (float32 out); σ ≤ 0: unchanged.
+    ``dtype``: of the convolution (float64 matches scipy; float32 for runtimes without float64 convolutions,
+    e.g. onnxruntime on CPU: the maps then differ by < 1e-5)."""
     if sigma <= 0:
         return maps
     shape = maps.shape
-    x = maps.reshape(-1, 1, shape[-2], shape[-1]).double()
-    kernel = gaussian_kernel1d(sigma, truncate, x.device)
+    x = maps.reshape(-1, 1, shape[-2], shape[-1]).to(dtype)
+    kernel = gaussian_kernel1d(sigma, truncate, x.device).to(dtype)
     pad = (kernel.numel() - 1) // 2
     x = F.conv2d(_reflect_pad(x, pad, 2), kernel.view(1, 1, -1, 1))
     x = F.conv2d(_reflect_pad(x, pad, 3), kernel.view(1, 1, 1, -1))
@@ -74,9 +77,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0)
 
 
 def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: tuple[int, int],
-                fusion: str = "sum", sigma: float = 4.0) -> torch.Tensor:
+                fusion: str = "sum", sigma: float = 4.0, blur_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The blurred ``[B, H, W]`` anomaly map of one batch."""
-    return gaussian_blur(fuse_maps(cosine_distance_maps(teacher, student), size, fusion), sigma)
+    return gaussian_blur(fuse_maps(cosine_distance_maps(teacher, student), size, fusion), sigma, dtype=blur_dtype)
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:

@@ -131,10 +131,10 @@ class ReverseDistillation(nn.Module):
         return {"loss_flat": flat_cosine_loss(teacher, student), "loss_pixel": pixel_cosine_loss(teacher, student)}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(maps [B, H, W] at the input size, image scores [B])``."""
+    def predict(self, images: torch.Tensor, blur_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(maps [B, H, W] at the input size, image scores [B])``; ``blur_dtype``: see ``gaussian_blur``."""
         teacher, student = self(images)
-        maps = anomaly_map(teacher, student, tuple(images.shape[-2:]), self.map_fusion, self.sigma)
+        maps = anomaly_map(teacher, student, tuple(images.shape[-2:]), self.map_fusion, self.sigma, blur_dtype)
         return maps, image_scores(maps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,118 @@
+"""ONNX export (fgkd.export): onnxruntime outputs equal the PyTorch model's, for detectors (raw and with NMS in the
+graph, any batch size) and anomaly models (maps and scores); the CLI's errors name the key."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fgkd.export import ExportOptions, export
+from fgkd.export.__main__ import main as export_main
+from fgkd.models.detectors.base import build_detector
+from fgkd.tasks.detect import save_detector
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+SIZE = 96
+
+
+def _detector_file(tmp_path, name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    detector = build_detector(name, 3)
+    # trained-looking BatchNorm statistics and class biases, so fusing and NMS have something to get wrong
+    with torch.no_grad():
+        for module in detector.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    path = save_detector(tmp_path / f"{name}.pt", detector, {"name": name, "num_classes": 3},
+                         ["corrosion", "damaged_insulation", "dent"], imgsz=SIZE)
+    return path, detector.eval()
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolov6n"])
+def test_detector_onnx_equals_pytorch_for_any_batch_size(tmp_path, name):
+    ckpt, detector = _detector_file(tmp_path, name)
+    out = export(ExportOptions(ckpt=str(ckpt), dynamic=True))
+    assert out == tmp_path / f"{name}.onnx"
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fgkd"])
+    assert (meta["task"], meta["imgsz"], meta["class_names"][2], meta["nms"]) == ("detect", SIZE, "dent", None)
+    images = torch.rand(3, 3, SIZE, SIZE)  # traced with batch 2: batch 3 shows the dynamic axis
+    boxes, scores = _session(out).run(None, {"images": images.numpy()})
+    with torch.no_grad():  # the unfused model: fusing (Conv+BN, RepVGG) must not change the outputs
+        raw = detector(images)
+        from fgkd.models.detectors.ops import decode_boxes
+
+        ref_boxes, ref_scores = decode_boxes(raw).numpy(), raw["cls"].sigmoid().numpy()
+    assert boxes.shape == ref_boxes.shape and scores.shape == ref_scores.shape
+    np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)  # pixels
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+
+
+def test_detector_onnx_with_nms_selects_what_pytorch_postprocess_selects(tmp_path):
+    ckpt, detector = _detector_file(tmp_path, "yolov8n", seed=1)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():  # a threshold that keeps the top 1 % of the (random) scores: overlapping candidates
+        conf, iou = float(detector(images)["cls"].sigmoid().quantile(0.99)), 0.5
+    out = export(ExportOptions(ckpt=str(ckpt), dynamic=True, nms=True, conf=conf, iou=iou, out=str(tmp_path / "n.onnx")))
+    (detections,) = _session(out).run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        reference = detector.postprocess(detector(images), conf=conf, iou=iou, max_det=10_000, multi_label=True)
+    assert detections.shape[1] == 7 and len(detections) == sum(len(r["scores"]) for r in reference) > 5
+    with torch.no_grad():
+        candidates = int((detector(images)["cls"].sigmoid() > conf).sum())
+    assert candidates > len(detections)  # NMS suppressed overlapping candidates
+    for b, ref in enumerate(reference):
+        mine = detections[detections[:, 0] == b]
+        order = np.lexsort((-mine[:, 5], mine[:, 6]))  # by class, then descending score
+        ref_order = np.lexsort((-ref["scores"].numpy(), ref["labels"].numpy()))
+        np.testing.assert_array_equal(mine[order, 6], ref["labels"].numpy()[ref_order])
+        np.testing.assert_allclose(mine[order, 5], ref["scores"].numpy()[ref_order], atol=1e-5)
+        np.testing.assert_allclose(mine[order, 1:5], ref["boxes"].numpy()[ref_order], atol=1e-3)
+
+
+def test_anomaly_onnx_maps_and_scores_equal_pytorch(tmp_path):
+    from fgkd.models.anomaly.components.encoder import RandomEncoderWarning
+    from fgkd.models.registry import build_model
+    from fgkd.tasks.anomaly import save_anomaly_model
+
+    torch.manual_seed(0)
+    options = {"encoder": "resnet18", "oce_blocks": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomEncoderWarning)
+        model = build_model("rd", 1, **options).eval()
+    ckpt = save_anomaly_model(tmp_path / "anomaly.pt", model, "rd", options,
+                              {"imgsz": 64, "data": {"resize_mode": "square"}})
+    out = export(ExportOptions(ckpt=str(ckpt), dynamic=True))
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fgkd"])
+    assert (meta["task"], meta["imgsz"], meta["resize_mode"]) == ("anomaly", 64, "square")
+    images = torch.randn(3, 3, 64, 64)
+    maps, scores = _session(out).run(None, {"images": images.numpy()})
+    ref_maps, ref_scores = model.predict(images)  # float64 blur: the float32 graph differs by < 1e-5
+    np.testing.assert_allclose(maps, ref_maps.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_export_cli_errors_name_the_key(tmp_path, capsys):
+    ckpt, _ = _detector_file(tmp_path, "yolov8n")
+    cases = [([f"ckpt={ckpt}", "formt=onnx"], "unknown option 'formt'"),
+             ([f"ckpt={ckpt}", "format=tflite"], "format='tflite'"),
+             ([f"ckpt={ckpt}", "nms=maybe"], "nms='maybe': expected true or false"),
+             ([f"ckpt={tmp_path / 'missing.pt'}"], "no such file"),
+             ([f"ckpt={ckpt}", "imgsz=100"], "multiple of 32"),
+             (["dynamic=true"], "ckpt=")]
+    for argv, message in cases:
+        assert export_main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    if not torch.cuda.is_available():
+        assert export_main([f"ckpt={ckpt}", "half=true"]) == 2
+        assert "CUDA" in capsys.readouterr().err
