@@ -1,5 +1,6 @@
 """Inference without masks or labels: `python predict.py ckpt=<run>/detector.pt source=imgs/` (boxes) or
-`python predict.py ckpt=<run>/anomaly.pt source=imgs/` (anomaly maps and image scores).
+`python predict.py ckpt=<run>/anomaly.pt source=imgs/` (anomaly maps and image scores); `ckpt` may also be
+the `.onnx` file `python -m fgkd.export` wrote, `source` an image, a folder, a .txt list or a video.
 
 Thin Hydra entry point over fgkd.predict / fgkd.predict_anomaly (options in conf/predict.yaml); the kind of
 model file picks the task.
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         _predict(cfg)
-    except (FileNotFoundError, DataError, BadImageError) as err:
+    except (FileNotFoundError, ValueError, DataError, BadImageError) as err:
         _fail(err, cfg)
 
 
@@ -47,11 +48,13 @@ def _predict(cfg: DictConfig) -> None:
 
     if is_anomaly_artifact(cfg.ckpt):
         out = predict_anomaly(cfg.ckpt, iter_images(cfg.source), cfg.out_dir, imgsz=cfg.imgsz,
-                              threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images))
+                              threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images),
+                              batch_size=int(cfg.batch), vid_stride=int(cfg.vid_stride))
         print(f"scores: {out / 'scores.csv'} (and predictions.json), heat maps: {out / 'images'}")
         return
     out = predict(cfg.ckpt, cfg.source, cfg.out_dir, imgsz=int(cfg.imgsz) if cfg.imgsz else None, conf=float(cfg.conf),
-                  iou=float(cfg.iou), max_det=int(cfg.max_det), device=str(cfg.device), save_images=bool(cfg.save_images))
+                  iou=float(cfg.iou), max_det=int(cfg.max_det), device=str(cfg.device), save_images=bool(cfg.save_images),
+                  batch_size=int(cfg.batch), vid_stride=int(cfg.vid_stride))
     print(f"predictions: {out / 'predictions.json'} (csv beside it), annotated images: {out / 'images'}")
 
 

@@ -30,6 +30,8 @@ def _detector_file(tmp_path, name: str, seed: int = 0):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+            if isinstance(module, torch.nn.Conv2d) and module.out_channels == 3 and module.bias is not None:
+                module.bias.uniform_(-4.0, -1.0)  # class logits: scores of 0.02-0.3, as a detector in training
     path = save_detector(tmp_path / f"{name}.pt", detector, {"name": name, "num_classes": 3},
                          ["corrosion", "damaged_insulation", "dent"], imgsz=SIZE)
     return path, detector.eval()
@@ -116,3 +118,71 @@ def test_export_cli_errors_name_the_key(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert export_main([f"ckpt={ckpt}", "half=true"]) == 2
         assert "CUDA" in capsys.readouterr().err
+
+
+def _detections(path):
+    payload = json.loads((path / "predictions.json").read_text())
+    return {rec["image"]: sorted((d["label"], d["score"], *d["box_xyxy"]) for d in rec["detections"])
+            for rec in payload["images"]}
+
+
+@pytest.mark.parametrize("nms", [False, True])
+def test_predict_on_the_onnx_file_writes_what_the_pytorch_file_gives(tmp_path, tiny_synthpipes, nms):
+    from fgkd.predict import predict
+
+    ckpt, _ = _detector_file(tmp_path, "yolov6n")
+    source = tiny_synthpipes / "images" / "train"
+    reference = _detections(predict(ckpt, source, tmp_path / "pt", conf=0.01, iou=0.7, save_images=False, batch_size=3))
+    onnx_file = export(ExportOptions(ckpt=str(ckpt), nms=nms, conf=0.01, iou=0.7, dynamic=not nms))  # nms: batch 1
+    got = _detections(predict(onnx_file, source, tmp_path / "onnx", conf=0.01, iou=0.7, save_images=False, batch_size=3))
+    assert got.keys() == reference.keys() and sum(map(len, reference.values())) > 0
+    for image, dets in reference.items():
+        if nms:  # the graph's NMS is class-wise over every class above conf (PyTorch: the best class per anchor)
+            assert {d[:2] for d in dets} <= {d[:2] for d in got[image]}
+            continue
+        assert len(got[image]) == len(dets), image
+        np.testing.assert_allclose(np.array(got[image]), np.array(dets), atol=0.02)  # rounded px and scores
+
+
+def test_predict_reads_video_frames(tmp_path, tiny_synthpipes):
+    import cv2
+
+    from fgkd.data.imageio import read_image
+    from fgkd.predict import iter_images, predict
+
+    ckpt, _ = _detector_file(tmp_path, "yolov8n")
+    frames = [read_image(p) for p in iter_images(tiny_synthpipes / "images" / "train")][:3]
+    height, width = frames[0].shape[:2]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height))
+    for frame in frames * 2:  # 6 frames
+        writer.write(cv2.cvtColor(cv2.resize(frame, (width, height)), cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = predict(ckpt, video, tmp_path / "v", conf=0.01, vid_stride=2, batch_size=2)
+    payload = json.loads((out / "predictions.json").read_text())
+    assert [rec["image"] for rec in payload["images"]] == [f"{video}#{i}" for i in (0, 2, 4)]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["clip_000000.png", "clip_000002.png", "clip_000004.png"]
+
+
+def test_predict_anomaly_on_the_onnx_file_matches_the_pytorch_file(tmp_path, tiny_synthpipes):
+    from fgkd.models.anomaly.components.encoder import RandomEncoderWarning
+    from fgkd.models.registry import build_model
+    from fgkd.predict import iter_images
+    from fgkd.predict_anomaly import predict_anomaly
+    from fgkd.tasks.anomaly import save_anomaly_model
+
+    torch.manual_seed(0)
+    options = {"encoder": "resnet18", "oce_blocks": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomEncoderWarning)
+        model = build_model("rd", 1, **options).eval()
+    ckpt = save_anomaly_model(tmp_path / "anomaly.pt", model, "rd", options, {"imgsz": 64, "data": {"resize_mode": "letterbox"}})
+    onnx_file = export(ExportOptions(ckpt=str(ckpt)))  # batch 1: the runner feeds one image at a time
+    files = iter_images(tiny_synthpipes / "images" / "val")
+
+    def scores(model_file, name):
+        out = predict_anomaly(model_file, files, tmp_path / name, batch_size=2, save_images=name == "onnx")
+        return [rec["score"] for rec in json.loads((out / "predictions.json").read_text())["images"]]
+
+    np.testing.assert_allclose(scores(onnx_file, "onnx"), scores(ckpt, "pt"), rtol=1e-4, atol=1e-5)
+    assert len(list((tmp_path / "onnx" / "images").iterdir())) == len(files)

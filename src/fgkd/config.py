@@ -176,9 +176,9 @@ def validate_predict(cfg: DictConfig) -> None:
     ckpt = Path(str(cfg.ckpt)).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={cfg.ckpt}: file not found; give a detector.pt / anomaly.pt of a run (or its "
-                          "checkpoints/last.ckpt)")
+                          "checkpoints/last.ckpt, or the .onnx file python -m fgkd.export wrote)")
     if not Path(str(cfg.source)).expanduser().exists():
-        raise ConfigError(f"source={cfg.source}: no such file or folder; give an image, a folder or a .txt list")
+        raise ConfigError(f"source={cfg.source}: no such file or folder; give an image, a folder, a .txt list or a video")
     imgsz = cfg.get("imgsz")
     if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32):
         raise ConfigError(f"imgsz={imgsz!r}: a multiple of 32 (or null: the size the model was trained at)")
@@ -186,3 +186,7 @@ def validate_predict(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"{key}={value!r}: a number in [0, 1]")
+    for key in ("batch", "vid_stride", "max_det"):
+        value = cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: a whole number >= 1")

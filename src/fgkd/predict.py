@@ -1,8 +1,10 @@
 """Mask-free inference with a trained detector (the FAKD student needs no mask at inference).
 
-``predict(ckpt, source, …)`` letterboxes each image exactly like validation, runs the detector, maps the
-boxes back to the original image's pixels and writes ``predictions.json`` / ``predictions.csv`` and, per
-image, an annotated PNG.
+``predict(ckpt, source, …)`` letterboxes each image exactly like validation, runs the detector (``detector.pt``,
+a run's checkpoint or an exported ``.onnx``: fgkd.runtime) in batches, maps the boxes back to the original
+image's pixels and writes ``predictions.json`` / ``predictions.csv`` and, per image, an annotated PNG.
+Sources: an image, a folder (recursively), a ``.txt`` list of paths, or a video file (every frame, or every
+``vid_stride``-th; frames are named ``<video>#<frame>``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,31 +25,73 @@ from tqdm import tqdm
 
 from fgkd.data.augment import letterbox, resize_long_side
 from fgkd.data.imageio import IMAGE_SUFFIXES, read_image
-from fgkd.tasks.detect import load_detector
+from fgkd.runtime import load_detector_runner
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 @dataclass
 class Prediction:
-    path: Path
+    path: Path  # the image, or ``<video>#<frame>``
     boxes: np.ndarray  # [N, 4] xyxy in original image pixels
     scores: np.ndarray
     labels: np.ndarray
 
 
 def iter_images(source: str | os.PathLike[str]) -> list[Path]:
-    """An image file, a folder (recursively) or a .txt list of paths."""
+    """An image or video file, a folder (recursively: its images and videos) or a .txt list of paths."""
     source = Path(source).expanduser()
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes)
     elif source.suffix.lower() == ".txt" and source.is_file():
         files = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
     elif source.is_file():
         files = [source]
     else:
-        raise FileNotFoundError(f"source {source} is neither an image, a folder nor a .txt list of images")
+        raise FileNotFoundError(f"source {source} is neither an image, a video, a folder nor a .txt list of images")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}")
+        raise FileNotFoundError(f"no images or videos ({', '.join(suffixes)}) under {source}")
     return files
+
+
+def iter_frames(files: list[Path], vid_stride: int = 1) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, RGB image)`` per image file and per kept video frame (``<video>#<frame index>``)."""
+    for path in files:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            yield str(path), read_image(path)
+            continue
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise FileNotFoundError(f"{path}: OpenCV cannot open this video (missing file or codec)")
+        index = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if index % vid_stride == 0:
+                    yield f"{path}#{index}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                index += 1
+        finally:
+            capture.release()
+
+
+def output_stem(name: str) -> str:
+    """The PNG name of an input: the image's stem, ``<video stem>_<frame:06d>`` for a video frame."""
+    path, _, frame = name.partition("#")
+    return f"{Path(path).stem}_{int(frame):06d}" if frame else Path(path).stem
+
+
+def batches(frames: Iterator[tuple[str, np.ndarray]], size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    chunk: list[tuple[str, np.ndarray]] = []
+    for item in frames:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def prepare(image: np.ndarray, imgsz: int) -> tuple[torch.Tensor, float, int, int]:
@@ -90,60 +135,62 @@ def draw(image: np.ndarray, pred: Prediction, names: list[str]) -> np.ndarray:
     return canvas
 
 
-def run_detector(ckpt: str | os.PathLike[str], files: list[Path], imgsz: int, conf: float, iou: float,
-                 max_det: int, device: str = "auto", batch_size: int = 8) -> Iterator[Prediction]:
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    detector, _ = load_detector(ckpt, map_location="cpu")
-    detector.eval().to(target)
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images = [read_image(p) for p in chunk]
-        prepared = [prepare(img, imgsz) for img in images]
-        batch = torch.stack([p[0] for p in prepared]).to(target)
-        with torch.no_grad():
-            outputs = detector.postprocess(detector(batch), conf=conf, iou=iou, max_det=max_det)
-        for path, image, (_, scale, pad_x, pad_y), out in zip(chunk, images, prepared, outputs, strict=True):
+def run_detector(runner: Any, frames: Iterator[tuple[str, np.ndarray]], imgsz: int, conf: float, iou: float,
+                 max_det: int, batch_size: int = 8) -> Iterator[tuple[Prediction, np.ndarray]]:
+    """``(prediction in original pixels, image)`` per frame, ``batch_size`` letterboxed images per forward."""
+    for chunk in batches(frames, batch_size):
+        prepared = [prepare(image, imgsz) for _, image in chunk]
+        outputs = runner(torch.stack([p[0] for p in prepared]), conf=conf, iou=iou, max_det=max_det)
+        for (name, image), (_, scale, pad_x, pad_y), out in zip(chunk, prepared, outputs, strict=True):
             boxes = to_original(out["boxes"], scale, pad_x, pad_y, *image.shape[:2])
-            yield Prediction(path, boxes, out["scores"].cpu().numpy(), out["labels"].cpu().numpy())
+            yield Prediction(Path(name), boxes, out["scores"].numpy(), out["labels"].numpy()), image
 
 
 def predict(ckpt: str | os.PathLike[str], source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, device: str = "auto",
-            save_images: bool = True) -> Path:
+            save_images: bool = True, batch_size: int = 8, vid_stride: int = 1) -> Path:
     """Predict on ``source``; returns the output folder (predictions.json/csv + annotated PNGs).
 
-    ``imgsz`` None: the size the detector was trained at (stored in ``detector.pt``; 640 for files without
-    it); a different size is allowed and said in one warning line."""
+    ``imgsz`` None: the size the detector was trained at (stored in ``detector.pt`` / the ONNX metadata; 640 for
+    files without it); a different size is allowed for PyTorch files and said in one warning line (an ONNX graph
+    has its size built in)."""
     files = iter_images(source)
-    _, info = load_detector(ckpt, map_location="cpu")
-    trained = info.get("imgsz")
+    runner = load_detector_runner(ckpt, device)
+    trained = runner.info.get("imgsz")
     if imgsz is None:
         imgsz = int(trained or 640)
     elif trained and int(imgsz) != int(trained):
+        if runner.info.get("fixed_imgsz"):
+            raise ValueError(f"imgsz={imgsz}: {ckpt} was exported for {trained} px; omit imgsz or export again "
+                             f"with imgsz={imgsz}")
         print(f"warning: predicting at imgsz={imgsz}, but {ckpt} was trained at {trained} (omit imgsz to use it)",
               flush=True)
     imgsz = int(imgsz)
     if imgsz % 32:
         raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
-    names = list(info.get("class_names") or [])
+    if batch_size < 1 or vid_stride < 1:
+        raise ValueError(f"batch={batch_size} / vid_stride={vid_stride}: both must be >= 1")
+    names = list(runner.info.get("class_names") or [])
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
     started = time.perf_counter()
-    for pred in tqdm(run_detector(ckpt, files, imgsz, conf, iou, max_det, device), total=len(files),
-                     desc="predict", unit="img"):
+    progress = tqdm(run_detector(runner, iter_frames(files, vid_stride), imgsz, conf, iou, max_det, batch_size),
+                    desc="predict", unit="img", total=None if any(p.suffix.lower() in VIDEO_SUFFIXES for p in files)
+                    else len(files))
+    for pred, image in progress:
         detections = [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4),
                        "label": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c))}
                       for b, s, c in zip(pred.boxes, pred.scores, pred.labels, strict=True)]
         records.append({"image": str(pred.path), "detections": detections})
         if save_images:
-            image = read_image(pred.path)
-            png = out / "images" / f"{pred.path.stem}.png"
-            cv2.imwrite(str(png), cv2.cvtColor(draw(image, pred, names), cv2.COLOR_RGB2BGR))
+            png = out / "images" / f"{output_stem(str(pred.path))}.png"
+            if not cv2.imwrite(str(png), cv2.cvtColor(draw(image, pred, names), cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {png}")
     tmp = out / "predictions.json.tmp"
-    tmp.write_text(json.dumps({"ckpt": str(ckpt), "imgsz": imgsz, "trained_imgsz": trained, "conf": conf, "iou": iou,
-                               "class_names": names, "images": records}, indent=1))
+    tmp.write_text(json.dumps({"ckpt": str(ckpt), "format": runner.info.get("format"), "imgsz": imgsz,
+                               "trained_imgsz": trained, "conf": conf, "iou": iou, "class_names": names,
+                               "images": records}, indent=1))
     os.replace(tmp, out / "predictions.json")
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,4 +1,4 @@
-"""Anomaly maps for images without labels, from an exported anomaly model (``anomaly.pt``) or its checkpoint.
+"""Anomaly maps for images without labels, from ``anomaly.pt``, its checkpoint or its ONNX export (fgkd.runtime).
 
 Each image is resized to the model's training size (square, as in training), ImageNet-normalised, mapped
 (blurred 1 − cos maps, summed over scales) and scored (map maximum); the map is resized back to the image's own
@@ -18,12 +18,14 @@ import torch
 from tqdm import tqdm
 
 from fgkd.data.anomaly_datamodule import MEAN_RGB, fit_square, normalize, unfit_square
-from fgkd.data.imageio import read_image
 from fgkd.io import atomic_write_json
-from fgkd.tasks.anomaly import load_anomaly_model
+from fgkd.predict import batches, iter_frames, output_stem
+from fgkd.runtime import is_onnx, load_anomaly_runner, onnx_task
 
 
 def is_anomaly_artifact(path: str | os.PathLike[str]) -> bool:
+    if is_onnx(path):
+        return onnx_task(path) == "anomaly"
     try:
         payload = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # noqa: BLE001 - the detection loader reports unreadable files
@@ -40,37 +42,37 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> np
 
 def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: str | os.PathLike[str], *,
                     imgsz: int | None = None, threshold: float | None = None, device: str = "auto",
-                    batch_size: int = 8, save_images: bool = True) -> Path:
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    model, info = load_anomaly_model(ckpt)
-    model.to(target).eval()
+                    batch_size: int = 8, save_images: bool = True, vid_stride: int = 1) -> Path:
+    runner = load_anomaly_runner(ckpt, device)
+    info = runner.info
     size = int(imgsz or info.get("imgsz") or 256)
+    if runner.info.get("fixed_imgsz") and size != int(info["imgsz"]):
+        raise ValueError(f"imgsz={imgsz}: {ckpt} was exported for {info['imgsz']} px; omit imgsz or export again")
+    if threshold is None and info.get("threshold") is not None:
+        threshold = float(info["threshold"])  # stored with the model
     resize_mode = str((info.get("data") or {}).get("resize_mode", "square"))  # as the model was trained
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, maps = [], []
-    for start in tqdm(range(0, len(files), batch_size), desc="anomaly maps", unit="batch"):
-        chunk = files[start:start + batch_size]
-        images = [read_image(p) for p in chunk]
-        batch = torch.stack([normalize(fit_square(im, size, resize_mode, MEAN_RGB)) for im in images]).to(target)
-        batch_maps, scores = model.predict(batch)
-        for path, image, amap, score in zip(chunk, images, batch_maps.cpu().numpy(), scores.cpu().tolist(), strict=True):
-            record = {"image": str(path), "score": round(float(score), 6)}
+    for chunk in tqdm(batches(iter_frames(files, vid_stride), batch_size), desc="anomaly maps", unit="batch"):
+        batch = torch.stack([normalize(fit_square(im, size, resize_mode, MEAN_RGB)) for _, im in chunk])
+        batch_maps, scores = runner(batch)
+        for (name, image), amap, score in zip(chunk, batch_maps.numpy(), scores.tolist(), strict=True):
+            record = {"image": name, "score": round(float(score), 6)}
             if threshold is not None:
                 record["defective"] = bool(score > threshold)
             records.append(record)
-            maps.append((path, image, amap))
+            maps.append((output_stem(name), image, amap))
     if save_images and maps:
         vmin = float(np.percentile(np.stack([m for _, _, m in maps]), 1))
         vmax = float(max(m.max() for _, _, m in maps))
-        for path, image, amap in maps:
+        for stem, image, amap in maps:
             full = unfit_square(amap, image.shape[:2], resize_mode)
-            png = out / "images" / f"{path.stem}.png"
+            png = out / "images" / f"{stem}.png"
             if not cv2.imwrite(str(png), cv2.cvtColor(overlay(image, full, vmin, vmax), cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {png}")
     atomic_write_json(out / "predictions.json", {"ckpt": str(ckpt), "task": "anomaly", "imgsz": size,
-                                                 "resize_mode": resize_mode, "threshold": threshold, "model": info.get("model"),
+                                                 "resize_mode": resize_mode, "threshold": threshold, "model": info.get("model"), "format": info.get("format"),
                                                  "trained_on": info.get("data"), "images": records})
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -113,17 +113,25 @@ def postprocess(
     multi_label: bool = False,
     agnostic: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
-    """Decode + confidence filter + class-wise NMS (``torchvision.ops.batched_nms``), per image.
+    """Decode + :func:`select_detections` (confidence filter + class-wise NMS), per image.
 
-    Scores are ``sigmoid(cls)``; each anchor keeps its best class, or with ``multi_label`` every
-    class above ``conf``. At most ``max_nms`` candidates (highest scores) enter NMS and ``max_det``
-    detections (sorted by score) come out. ``agnostic`` suppresses across classes.
-    Returns ``[{boxes: [N,4] xyxy px, scores: [N], labels: [N] int64}]``, one dict per image.
+    Scores are ``sigmoid(cls)``. Returns ``[{boxes: [N,4] xyxy px, scores: [N], labels: [N] int64}]``, one dict
+    per image.
     """
     full_precision = {key: raw[key].float() for key in ("box", "anchors", "strides")}
     with torch.autocast(device_type=raw["cls"].device.type, enabled=False):  # decode boxes in float32
         boxes = decode_boxes({**raw, **full_precision})
-    scores = raw["cls"].float().sigmoid()
+    return select_detections(boxes, raw["cls"].float().sigmoid(), conf, iou, max_det, max_nms, multi_label, agnostic)
+
+
+@torch.no_grad()
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.001, iou: float = 0.7,
+                      max_det: int = 300, max_nms: int = 30000, multi_label: bool = False,
+                      agnostic: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Decoded ``boxes [B, A, 4]`` and class ``scores [B, A, nc]`` -> detections per image: each anchor keeps
+    its best class, or with ``multi_label`` every class above ``conf``; at most ``max_nms`` candidates (highest
+    scores) enter NMS (``torchvision.ops.batched_nms``, class-wise unless ``agnostic``) and ``max_det``
+    detections (sorted by score) come out. Also the NMS of an exported graph's raw outputs (fgkd.predict)."""
     results = []
     for image_boxes, image_scores in zip(boxes, scores, strict=True):  # NMS is per image anyway
         if multi_label:
