@@ -35,6 +35,7 @@ from fgkd.lit.history import TrainLossesToHistory
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
 from fgkd.metrics.curves import RESULTS_FILE, plot_history
+from fgkd.paths import SWEEP_GROUP_ENV
 
 if TYPE_CHECKING:
     from fgkd.tasks.base import Task
@@ -113,7 +114,9 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def instantiate_loggers(logger_cfg: Mapping[str, Any] | None, output_dir: Path) -> list[Any]:
+def instantiate_loggers(logger_cfg: Mapping[str, Any] | None, output_dir: Path, role: str = "base") -> list[Any]:
+    """The loggers of one fit. W&B: offline unless credentials exist, ``job_type`` the fit's role (base | teacher
+    | student) unless set, ``group`` the sweep's name for a sweep's runs (``$FGKD_SWEEP_GROUP``) unless set."""
     loggers = []
     for _name, node in (to_plain(logger_cfg) or {}).items():
         if not isinstance(node, Mapping) or "_target_" not in node:
@@ -124,9 +127,26 @@ def instantiate_loggers(logger_cfg: Mapping[str, Any] | None, output_dir: Path) 
             if offline == "auto":
                 offline = not wandb_has_credentials()
             overrides["offline"] = bool(offline)
+            if node.get("job_type") in (None, "", "train"):
+                overrides["job_type"] = role
+            if not node.get("group") and os.environ.get(SWEEP_GROUP_ENV):
+                overrides["group"] = os.environ[SWEEP_GROUP_ENV]
             os.makedirs(output_dir, exist_ok=True)
         loggers.append(instantiate(node, **overrides))
     return loggers
+
+
+def media_callback(logger_cfg: Mapping[str, Any] | None) -> pl.Callback | None:
+    """``logger.media_every`` (> 0) with a logger that takes images: the dashboards' pictures (fgkd.lit.media)."""
+    cfg = to_plain(logger_cfg) or {}
+    every = int(cfg.get("media_every") or 0)
+    takes_images = any(isinstance(node, Mapping) and str(node.get("_target_", "")).endswith(("WandbLogger", "TensorBoardLogger"))
+                       for node in cfg.values())
+    if every <= 0 or not takes_images:
+        return None
+    from fgkd.lit.media import ValidationMedia
+
+    return ValidationMedia(every=every, num_images=int(cfg.get("media_images") or 4))
 
 
 def instantiate_callbacks(callbacks_cfg: Mapping[str, Any] | None, output_dir: Path) -> list[pl.Callback]:
@@ -166,7 +186,7 @@ def _output_dir(cfg: DictConfig, output_dir: str | os.PathLike[str] | None) -> P
 
 def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = None,
                   recipe: Mapping[str, Any] | None = None, stage: str = "",
-                  metrics: tuple[str, ...] = (), later_epochs: int = 0) -> tuple[pl.Trainer, list[Any]]:
+                  metrics: tuple[str, ...] = (), later_epochs: int = 0, role: str = "base") -> tuple[pl.Trainer, list[Any]]:
     """The Trainer of one fit (``cfg.trainer`` + callbacks + loggers) and its loggers. ``stage`` names the fit
     on the progress bar and in the per-epoch lines (``teacher``, ``student``); ``metrics``: the columns printed."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
@@ -182,7 +202,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = Non
         callbacks.append(StageProgressBar(stage))
     if not progress_on:
         callbacks.append(EpochLines(stage, metrics, later_epochs))
-    loggers = instantiate_loggers(cfg.get("logger"), output_dir)
+    loggers = instantiate_loggers(cfg.get("logger"), output_dir, role)
+    media = media_callback(cfg.get("logger"))
+    if media is not None:
+        callbacks.append(media)
     overrides.update(resolve_trainer_args(cfg, recipe))
     # checkpoints written beside their destination, fsync'ed, renamed (a full disk keeps the earlier file)
     overrides.update(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False,
@@ -227,7 +250,9 @@ def fit(
     stage = {"teacher": "teacher 1/2", "student": "student 2/2"}.get(role, role) if two_stage else role
     trainer, loggers = build_trainer(
         cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {}, stage="" if role == "base" else stage,
-        metrics=tuple(task.metric_columns[:3]), later_epochs=int(cfg.epochs) if two_stage and role == "teacher" else 0)
+        metrics=tuple(task.metric_columns[:3]), later_epochs=int(cfg.epochs) if two_stage and role == "teacher" else 0,
+        role=role)
+    _log_config(loggers, cfg, role, teacher_info)
     with warnings.catch_warnings():
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
@@ -282,6 +307,21 @@ def _announce_fit(task: Task, cfg: DictConfig, role: str, module: pl.LightningMo
     model = task.run_info(cfg, role).get("model", "?")
     print(f"[{task.name}] {role} fit: {model}, {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters, "
           f"{epochs if epochs is not None else cfg.epochs} epochs -> {output_dir}", flush=True)
+
+
+def _log_config(loggers: list[Any], cfg: DictConfig, role: str, teacher_info: Mapping[str, Any] | None) -> None:
+    """W&B: the resolved config of the fit, its role and (students) where its teacher lives, so a student's run
+    links to its teacher's files (the teacher cache entry, its metrics.json and, when it logged to W&B, its run)."""
+    for logger in loggers:
+        if type(logger).__name__ != "WandbLogger":
+            continue
+        try:
+            extra = {"fgkd_role": role, "fgkd_config": to_plain(cfg)}
+            if teacher_info:
+                extra["fgkd_teacher"] = {k: teacher_info.get(k) for k in ("path", "key", "source", "file", "metrics")}
+            logger.experiment.config.update(extra, allow_val_change=True)
+        except Exception as err:  # noqa: BLE001 - reporting must never fail a run
+            log.warning("could not log the config to W&B: %s", err)
 
 
 def _stopped(trainer: pl.Trainer, output_dir: Path, what: str, code: int) -> None:

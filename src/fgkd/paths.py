@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 OUTPUTS_ENV, ROOT_ENV, CACHE_ENV = "FGKD_OUTPUTS", "FGKD_ROOT", "FGKD_CACHE"
+#: set by sweep.py for its runs: the W&B group of every run of one sweep (fgkd.engine.instantiate_loggers)
+SWEEP_GROUP_ENV = "FGKD_SWEEP_GROUP"
 
 
 def outputs_root() -> Path:

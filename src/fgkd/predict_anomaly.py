@@ -21,6 +21,7 @@ from fgkd.data.anomaly_datamodule import MEAN_RGB, fit_square, normalize, unfit_
 from fgkd.io import atomic_write_json
 from fgkd.predict import batches, iter_frames, output_stem
 from fgkd.runtime import is_onnx, load_anomaly_runner, onnx_task
+from fgkd.visualize import heat_overlay, side_by_side
 
 
 def is_anomaly_artifact(path: str | os.PathLike[str]) -> bool:
@@ -35,9 +36,8 @@ def is_anomaly_artifact(path: str | os.PathLike[str]) -> bool:
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    scaled = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return np.concatenate([image, (0.5 * image + 0.5 * heat).astype(np.uint8)], axis=1)
+    """image | image with the heat map blended in."""
+    return side_by_side(image, heat_overlay(image, amap, vmin, vmax))
 
 
 def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: str | os.PathLike[str], *,

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from fgkd.options import DISPLAY_NAMES, FIVE_METRICS
-from fgkd.paths import project_root
+from fgkd.paths import SWEEP_GROUP_ENV, project_root
 
 #: the detection tables' columns and headers (fgkd.metrics.detection names them once); an experiment of another
 #: task (``sweep.task: anomaly``) takes that task's columns (:attr:`Experiment.metric_keys`)
@@ -257,7 +257,8 @@ def run_one(run: Run, sweep_dir: Path, extra: Sequence[str] = (), keys: Sequence
             handle.write(f"$ {' '.join(train_command(run, run_dir, extra))}\n")
             handle.flush()
             proc = subprocess.run(train_command(run, run_dir, extra), stdout=handle, stderr=subprocess.STDOUT,
-                                  cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                       SWEEP_GROUP_ENV: os.environ.get(SWEEP_GROUP_ENV) or run.experiment},
                                   pass_fds=(lock.fileno(),),
                                   # preexec_fn is unsafe once threads exist (the joblib launcher): there the
                                   # inherited lock alone keeps a rerun from starting the run twice

@@ -134,6 +134,12 @@ class AnomalyModule(pl.LightningModule):
         self.history.record(self.current_epoch, self.global_step, scalars,
                             write=self._trainer is None or self.trainer.is_global_zero)
 
+    def media(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Dashboard pictures of a validation sample (fgkd.lit.media.anomaly_media)."""
+        from fgkd.lit.media import anomaly_media
+
+        return anomaly_media(self, sample)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_finite_state(checkpoint["state_dict"], f"checkpoint at epoch {self.current_epoch}")
 

@@ -294,6 +294,12 @@ class DetectionModule(pl.LightningModule):
         self.history.record(self.current_epoch, self.global_step, scalars,
                             write=self._trainer is None or self.trainer.is_global_zero)
 
+    def media(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Dashboard pictures of a validation sample (fgkd.lit.media.detection_media)."""
+        from fgkd.lit.media import detection_media
+
+        return detection_media(self, sample)
+
     # -- optimization ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         trainer = self.trainer

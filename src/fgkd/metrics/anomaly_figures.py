@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,15 +72,20 @@ def write_figures(output_dir: str | Path, outputs: Mapping[str, torch.Tensor], t
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    bins = np.linspace(scores.min(), scores.max() + 1e-9, 25)
-    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({int((labels == 0).sum())})", color="tab:green")
-    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({int((labels == 1).sum())})", color="tab:red")
-    ax.set_xlabel("image score (max of the anomaly map)")
-    ax.set_ylabel("test images")
+    plot_score_histogram(ax, scores, labels)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     hist_path = output_dir / HISTOGRAM_FILE
     fig.savefig(hist_path, dpi=110)
     plt.close(fig)
     return [maps_path, hist_path]
+
+
+def plot_score_histogram(ax: Any, scores: np.ndarray, labels: np.ndarray) -> None:
+    """Normal (green) vs defective (red) image scores on one matplotlib axis."""
+    bins = np.linspace(scores.min(), scores.max() + 1e-9, 25)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({int((labels == 0).sum())})", color="tab:green")
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({int((labels == 1).sum())})", color="tab:red")
+    ax.set_xlabel("image score (max of the anomaly map)")
+    ax.set_ylabel("test images")
+    ax.legend(fontsize=8)

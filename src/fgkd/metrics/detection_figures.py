@@ -23,6 +23,7 @@ from torchvision.ops import box_iou
 
 from fgkd.io import atomic_save
 from fgkd.metrics.detection import build_map_metric, split_targets
+from fgkd.visualize import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,7 @@ def collect_predictions(detector: torch.nn.Module, loader: Any, view_key: str, p
 _SHOWN_SIZE = 320
 
 
-def _to_uint8(image: torch.Tensor, scale: float = 1.0) -> np.ndarray:
-    import cv2
-
-    array = np.ascontiguousarray((image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-    if scale != 1.0:
-        array = cv2.resize(array, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    return array
-
-
-def _draw_truth(canvas: np.ndarray, target: dict[str, torch.Tensor]) -> np.ndarray:
+def draw_truth(canvas: np.ndarray, target: dict[str, torch.Tensor]) -> np.ndarray:
     import cv2
 
     for box in target["boxes"].tolist():
@@ -167,13 +159,13 @@ def write_detection_figures(output_dir: Path, preds: list, targets: list, shown:
             keep = pred["scores"] >= conf
             scale = max(1.0, _SHOWN_SIZE / max(image.shape[-2:]))  # small training sizes: labels stay readable
             truth = {"boxes": target["boxes"] * scale}
-            drawn = draw(_draw_truth(_to_uint8(image, scale), truth),
+            drawn = draw(draw_truth(to_uint8(image, scale=scale), truth),
                          Prediction(Path(""), pred["boxes"][keep].numpy() * scale, pred["scores"][keep].numpy(),
                                     pred["labels"][keep].numpy()), names)
             axes[row, 0].imshow(drawn)
             axes[row, 0].set_title(f"X: {int(keep.sum())} predicted, {len(target['boxes'])} true", fontsize=7)
             if with_xm:
-                axes[row, 1].imshow(_draw_truth(_to_uint8(xm, scale), truth) if xm is not None else np.zeros_like(drawn))
+                axes[row, 1].imshow(draw_truth(to_uint8(xm, scale=scale), truth) if xm is not None else np.zeros_like(drawn))
                 axes[row, 1].set_title("X_M (the teacher's view)", fontsize=7)
             for ax in axes[row]:
                 ax.axis("off")
