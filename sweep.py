@@ -1,11 +1,12 @@
 """Run a paper ablation grid (conf/experiment/<name>.yaml) and print its table.
 
     python sweep.py table5 [scale=smoke|dev|paper] [seeds=3] [launcher=local|joblib|slurm] [n_jobs=2]
-                    [--collect] [--dir DIR] [-- extra train.py overrides …]
+                    [wandb=true] [--collect] [--dir DIR] [-- extra train.py overrides …]
 
 Only missing runs are launched (a run is finished when its metrics.json exists) and each run starts with
 ckpt_path=auto, so an interrupted sweep resumes without lost or duplicated runs, a half-trained run from
-its last epoch. `--collect` only aggregates.
+its last epoch. `--collect` only aggregates. ``wandb=true`` also logs the table (a W&B Table) and the figures to one W&B run of
+``job_type`` sweep in the experiment's group (the group of its training runs too); offline without credentials.
 
 launcher=slurm submits a job array through submitit; a pre-empted or timed-out job is requeued and resumes.
 Options: slurm.partition=… slurm.gpus_per_node=… slurm.timeout_min=… (default 60) slurm.array_parallelism=…
@@ -42,12 +43,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str], list[str
         if not sep:
             parser.error(f"expected key=value, got {item!r}")
         options[key] = value
-    allowed = {"scale", "seeds", "launcher", "n_jobs"}
+    allowed = {"scale", "seeds", "launcher", "n_jobs", "wandb"}
     unknown = [k for k in options if k not in allowed and not k.startswith("slurm.")]
     if unknown:
         parser.error(f"unknown option(s) {unknown}; allowed: {sorted(allowed)} and slurm.<key>")
     if options.get("scale", "smoke") not in sweeps.SCALES:
         parser.error(f"scale must be one of {sweeps.SCALES}")
+    if options.get("wandb", "false") not in ("true", "false"):
+        parser.error("wandb must be true or false")
     if options.get("launcher", "local") not in sweeps.LAUNCHERS:
         parser.error(f"launcher must be one of {sweeps.LAUNCHERS}")
     try:
@@ -82,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     results = sweeps.collect_results(exp, sweep_dir, scale, seeds, extra)
     text = sweep_tables.write_outputs(exp, results, out_dir, command)
     print(text)
-    print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}"
-          + (f" and {out_dir / 'fig6.png'}" if exp.layout.get("figure") == "fig6" else ""))
+    figures = [name for name in ("fig6.png", "results.png") if (out_dir / name).is_file()]
+    print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}" + "".join(f" and {out_dir / f}" for f in figures))
+    if options.get("wandb") == "true":
+        sweep_tables.log_wandb(exp, results, out_dir, command)
     return 1 if any(r.failed for r in results) else 0
 
 

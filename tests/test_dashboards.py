@@ -112,3 +112,35 @@ def test_tensorboard_gets_the_same_pictures_and_anomaly_runs_get_maps_and_histog
                             "logger.media_every=1", "logger.media_images=2", output_dir=tmp_path / "ad")
     run(anomaly)
     assert {"val/anomaly_maps/0", "val/anomaly_maps/1", "val/score_histogram/0"} <= tags(tmp_path / "ad")
+
+
+def test_sweep_table_and_figure_go_to_one_wandb_run_of_the_sweeps_group(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    import importlib.util
+
+    from fgkd import sweeps
+    from fgkd.engine import METRICS_SCHEMA
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    exp = sweeps.load_experiment("results")
+    five = {"map": 0.2, "map_50": 0.4, "mar_1": 0.1, "mar_10": 0.3, "mar_100": 0.35}
+    for run_ in exp.runs("dev", seeds=2):
+        d = run_.directory(tmp_path)
+        d.mkdir(parents=True)
+        test = {"metrics": {**five, "map": 0.2 + 0.01 * run_.seed}}
+        (d / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "metrics": five, "test": test}))
+    spec = importlib.util.spec_from_file_location("sweep_cli", Path(__file__).resolve().parents[1] / "sweep.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["results", "scale=dev", "seeds=2", "wandb=true", "--collect", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "results.png").is_file()
+    records = wandb_records(tmp_path)
+    (meta,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (meta.job_type, meta.run_group) == ("sweep", "results")
+    keys = {item.key or "/".join(item.nested_key) for r in records if r.WhichOneof("record_type") == "history"
+            for item in r.history.item}
+    assert {"table/_type", "results/_type"} <= keys
+    (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/table_*.table.json")
+    content = json.loads(table.read_text())
+    assert content["columns"][:3] == ["Detector", "Method", "mAP"] and len(content["data"]) == 6

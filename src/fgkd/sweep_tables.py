@@ -328,3 +328,27 @@ def plot_paired(exp: Experiment, results: list[RunResult], path: Path, command: 
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     atomic_save(path, lambda handle: fig.savefig(handle, format="png"))
     plt.close(fig)
+
+
+def log_wandb(exp: Experiment, results: list[RunResult], out_dir: Path, command: str) -> Path:
+    """``sweep.py … wandb=true``: one W&B run (``job_type`` sweep, ``group`` the experiment, as its training runs)
+    holding the table as a W&B Table and the sweep's figures; offline without credentials. Returns its folder."""
+    import wandb
+
+    from fgkd.engine import wandb_has_credentials
+
+    header, rows, _ = build_table(exp, results)
+    online = wandb_has_credentials()
+    run = wandb.init(project="fgkd", group=exp.name, job_type="sweep", name=f"{exp.name} table", dir=str(out_dir),
+                     mode="online" if online else "offline", reinit="finish_previous",
+                     config={"experiment": exp.name, "command": command, "grid": exp.params, "layout": exp.layout})
+    payload: dict[str, Any] = {"table": wandb.Table(columns=header, data=rows)}
+    for figure in ("fig6.png", "results.png"):
+        if (out_dir / figure).is_file():
+            payload[figure.removesuffix(".png")] = wandb.Image(str(out_dir / figure))
+    run.log(payload)
+    folder = Path(run.dir).parent
+    run.finish()
+    if not online:
+        print(f"W&B ran offline; upload with: wandb sync {folder}")
+    return folder
