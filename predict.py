@@ -48,7 +48,8 @@ def _predict(cfg: DictConfig) -> None:
 
     if is_anomaly_artifact(cfg.ckpt):
         out = predict_anomaly(cfg.ckpt, iter_images(cfg.source), cfg.out_dir, imgsz=cfg.imgsz,
-                              threshold=cfg.get("threshold"), device=str(cfg.device), save_images=bool(cfg.save_images),
+                              threshold=cfg.get("threshold"), pixel_threshold=cfg.get("pixel_threshold"),
+                              device=str(cfg.device), save_images=bool(cfg.save_images),
                               batch_size=int(cfg.batch), vid_stride=int(cfg.vid_stride))
         print(f"scores: {out / 'scores.csv'} (and predictions.json), heat maps: {out / 'images'}")
         return

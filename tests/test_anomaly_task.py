@@ -9,6 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +60,13 @@ def test_train_py_anomaly_prints_the_metrics_beside_the_baseline_and_exports_a_f
     again = anomaly_metrics(maps, torch.stack([b["masks"] for b in batch]).bool(), torch.stack([b["labels"] for b in batch]))
     for column in COLUMNS:
         assert again[column] == pytest.approx(payload["metrics"][column], abs=1e-5)
+    # thresholds stored with the model: F1-optimal on the evaluated split, as f1_optimal_threshold computes them
+    from fgkd.metrics.anomaly import f1_optimal_threshold
+
+    labels = torch.stack([b["labels"] for b in batch])
+    assert info["threshold"] == pytest.approx(f1_optimal_threshold(maps.flatten(1).amax(1), labels)[0], abs=1e-5)
+    assert info["pixel_threshold"] == pytest.approx(
+        f1_optimal_threshold(maps, torch.stack([b["masks"] for b in batch]).bool())[0], rel=1e-4)
 
     # predict.py on a folder without labels: one score per image, the model's own score, heat-map PNGs
     folder = test.samples[0].image.parent
@@ -72,6 +81,12 @@ def test_train_py_anomaly_prints_the_metrics_beside_the_baseline_and_exports_a_f
     first = next(i for i, s in enumerate(test.samples) if s.image == files[0])
     assert predictions["images"][0]["score"] == pytest.approx(float(maps[first].max()), abs=1e-4)
     assert len(list((tmp_path / "pred" / "images").glob("*.png"))) == len(files)
+    # the model's pixel threshold gives a defect mask per image, at the image's own size
+    assert predictions["pixel_threshold"] == pytest.approx(info["pixel_threshold"])
+    masks = sorted((tmp_path / "pred" / "masks").glob("*.png"))
+    assert [m.name for m in masks] == [f.with_suffix(".png").name for f in files]
+    mask = cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == cv2.imread(str(files[0])).shape[:2] and set(np.unique(mask)) <= {0, 255}
 
 
 def test_category_all_trains_one_model_per_category_averages_and_resumes(compose_train, capsys):

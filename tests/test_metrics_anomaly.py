@@ -124,3 +124,21 @@ def test_rd4ad_per_image_variant_differs_from_the_official_metric_as_documented(
     # a separable map keeps only FPR-0 points: RD4AD's rescaling by the largest kept FPR is then undefined
     assert math.isnan(aupro_rd4ad(masks.astype(float) + 0.01 * rng.random(masks.shape), masks))
     assert value != pytest.approx(aupro(scores, masks))  # per-image, rescaled FPR: another number
+
+
+def test_f1_optimal_threshold_equals_a_brute_force_search():
+    from fgkd.metrics.anomaly import f1_optimal_threshold
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(500) < 0.3
+    scores = rng.normal(size=500) + 1.2 * labels
+    threshold, f1 = f1_optimal_threshold(scores, labels, bins=64)
+    best = (-1.0, None)
+    for c in np.linspace(scores.min(), scores.max(), 64):
+        tp = int(((scores > c) & labels).sum())
+        fp, fn = int(((scores > c) & ~labels).sum()), int(((scores <= c) & labels).sum())
+        value = 2 * tp / max(2 * tp + fp + fn, 1)
+        if value > best[0]:
+            best = (value, c)
+    assert f1 == pytest.approx(best[0]) and threshold == pytest.approx(best[1])
+    assert np.isnan(f1_optimal_threshold(scores, np.zeros(500, bool))[0])  # one class: no threshold

@@ -42,7 +42,11 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> np
 
 def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: str | os.PathLike[str], *,
                     imgsz: int | None = None, threshold: float | None = None, device: str = "auto",
-                    batch_size: int = 8, save_images: bool = True, vid_stride: int = 1) -> Path:
+                    batch_size: int = 8, save_images: bool = True, vid_stride: int = 1,
+                    pixel_threshold: float | None = None) -> Path:
+    """Maps, scores and (with thresholds) verdicts and masks for ``files``; returns the output folder.
+    ``threshold`` / ``pixel_threshold`` None: the model's own (F1-optimal on its evaluated split, stored in
+    ``anomaly.pt`` and the ONNX metadata), when it has them."""
     runner = load_anomaly_runner(ckpt, device)
     info = runner.info
     size = int(imgsz or info.get("imgsz") or 256)
@@ -50,9 +54,13 @@ def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: st
         raise ValueError(f"imgsz={imgsz}: {ckpt} was exported for {info['imgsz']} px; omit imgsz or export again")
     if threshold is None and info.get("threshold") is not None:
         threshold = float(info["threshold"])  # stored with the model
+    if pixel_threshold is None and info.get("pixel_threshold") is not None:
+        pixel_threshold = float(info["pixel_threshold"])
     resize_mode = str((info.get("data") or {}).get("resize_mode", "square"))  # as the model was trained
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if pixel_threshold is not None:
+        (out / "masks").mkdir(exist_ok=True)
     records, maps = [], []
     for chunk in tqdm(batches(iter_frames(files, vid_stride), batch_size), desc="anomaly maps", unit="batch"):
         batch = torch.stack([normalize(fit_square(im, size, resize_mode, MEAN_RGB)) for _, im in chunk])
@@ -71,8 +79,14 @@ def predict_anomaly(ckpt: str | os.PathLike[str], files: list[Path], out_dir: st
             png = out / "images" / f"{stem}.png"
             if not cv2.imwrite(str(png), cv2.cvtColor(overlay(image, full, vmin, vmax), cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {png}")
+            if pixel_threshold is not None:  # the defect mask at the image's own size: 255 = anomalous
+                mask_png = out / "masks" / f"{stem}.png"
+                if not cv2.imwrite(str(mask_png), ((full > pixel_threshold) * 255).astype(np.uint8)):
+                    raise OSError(f"could not write {mask_png}")
     atomic_write_json(out / "predictions.json", {"ckpt": str(ckpt), "task": "anomaly", "imgsz": size,
-                                                 "resize_mode": resize_mode, "threshold": threshold, "model": info.get("model"), "format": info.get("format"),
+                                                 "resize_mode": resize_mode, "threshold": threshold,
+                                                 "pixel_threshold": pixel_threshold, "model": info.get("model"),
+                                                 "format": info.get("format"),
                                                  "trained_on": info.get("data"), "images": records})
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -130,7 +130,8 @@ class _OnnxAnomaly:
             raise ValueError(f"{path}: an exported {meta.get('task')} model, not an anomaly model")
         self.meta = meta
         self.info = {"imgsz": meta["imgsz"], "data": {"resize_mode": meta.get("resize_mode", "square")},
-                     "model": meta.get("model"), "threshold": meta.get("threshold"), "format": "onnx", "fixed_imgsz": True}
+                     "model": meta.get("model"), "threshold": meta.get("threshold"),
+                     "pixel_threshold": meta.get("pixel_threshold"), "format": "onnx", "fixed_imgsz": True}
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.cpu().numpy().astype(np.float16 if self.meta.get("half") else np.float32)

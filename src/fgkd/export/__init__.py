@@ -139,5 +139,6 @@ def _anomaly_graph(ckpt: Path, options: ExportOptions) -> tuple[Any, dict[str, A
     meta = {"task": "anomaly", "model": (info.get("model") or {}).get("name") if isinstance(info.get("model"), dict)
             else info.get("model"), "imgsz": size, "resize_mode": str((info.get("data") or {}).get("resize_mode", "square")),
             "input": "RGB in [0, 1] resized as resize_mode says, then (x - mean) / std",
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": info.get("threshold")}
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": info.get("threshold"),
+            "pixel_threshold": info.get("pixel_threshold")}
     return DeployedAnomalyModel(model.eval()), meta, ("anomaly_map", "score")

@@ -148,3 +148,36 @@ def aupro_rd4ad(scores: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Ten
         fpr = fpr / fpr.max()
         values.append(float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2.0)))
     return float(np.mean(values)) if values else float("nan")
+
+
+def f1_optimal_threshold(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                         bins: int = 1024) -> tuple[float, float]:
+    """``(threshold, F1)``: of ``bins`` evenly spaced candidates between the smallest and largest score, the one
+    whose rule ``score > threshold`` has the best F1 against ``labels`` (1 = defective; anomalib's adaptive
+    threshold). NaN when ``labels`` hold one class only."""
+    s = torch.as_tensor(_as_numpy(scores), dtype=torch.float64).reshape(-1)
+    y = torch.as_tensor(_as_numpy(labels)).reshape(-1).bool()
+    if s.numel() != y.numel():
+        raise ValueError(f"{s.numel()} scores vs {y.numel()} labels")
+    if bool(y.all()) or not bool(y.any()):
+        return float("nan"), float("nan")
+    candidates = torch.linspace(float(s.min()), float(s.max()), bins, dtype=torch.float64)
+    # counts of positives / all above each candidate from one sort (memory O(N), not O(N * bins))
+    order = torch.argsort(s)
+    sorted_scores, sorted_labels = s[order], y[order].double()
+    above = s.numel() - torch.searchsorted(sorted_scores, candidates, right=True)
+    positives_from = torch.cat([torch.flip(torch.cumsum(torch.flip(sorted_labels, [0]), 0), [0]), torch.zeros(1, dtype=torch.float64)])
+    tp = positives_from[s.numel() - above]
+    fp, fn = above.double() - tp, float(y.sum()) - tp
+    f1 = 2 * tp / torch.clamp(2 * tp + fp + fn, min=1e-12)
+    best = int(torch.argmax(f1))
+    return float(candidates[best]), float(f1[best])
+
+
+def adaptive_thresholds(maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor,
+                        labels: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """F1-optimal image threshold (on the image score = map maximum) and pixel threshold (on the map values)."""
+    maps_t = torch.as_tensor(_as_numpy(maps)).float()
+    image_threshold, image_f1 = f1_optimal_threshold(maps_t.flatten(1).amax(1), labels)
+    pixel_threshold, pixel_f1 = f1_optimal_threshold(maps_t, torch.as_tensor(_as_numpy(masks)).bool())
+    return {"image": image_threshold, "image_f1": image_f1, "pixel": pixel_threshold, "pixel_f1": pixel_f1}

@@ -29,6 +29,7 @@ from fgkd.data.anomaly_datamodule import AnomalyDataModule
 from fgkd.io import atomic_save
 from fgkd.lit.anomaly import AnomalyModule
 from fgkd.lit.guards import NonFiniteLossGuard, check_finite_state
+from fgkd.metrics.anomaly import adaptive_thresholds
 from fgkd.models.registry import build_model
 from fgkd.options import ANOMALY_DISPLAY_NAMES, ANOMALY_METRICS
 from fgkd.tasks.base import Task, register_task
@@ -159,9 +160,16 @@ class AnomalyTask(Task):
                       output_dir: Path) -> Path:
         """``anomaly.pt`` of the last epoch (the reported one) and the pictures of its test maps."""
         model_cfg = to_plain(cfg.model)
-        path = save_anomaly_model(output_dir / ARTIFACT_FILE, module.model, model_cfg["name"],
-                                  model_options(model_cfg), self._info(cfg))
         outputs = getattr(module, "last_outputs", None)
+        info = self._info(cfg)
+        if outputs:
+            # stored with the model for predict.py: F1-optimal on the evaluated split (the labelled test split:
+            # these layouts have no separate validation split), so a threshold to start from, not a tuned one
+            found = adaptive_thresholds(outputs["maps"], outputs["masks"], outputs["labels"])
+            info.update(threshold=found["image"], pixel_threshold=found["pixel"],
+                        thresholds={**found, "chosen_on": "the evaluated (test) split, F1-optimal"})
+        path = save_anomaly_model(output_dir / ARTIFACT_FILE, module.model, model_cfg["name"],
+                                  model_options(model_cfg), info)
         datamodule = module.trainer.datamodule if module._trainer is not None else None
         if outputs and isinstance(datamodule, AnomalyDataModule):
             from fgkd.metrics.anomaly_figures import write_figures
