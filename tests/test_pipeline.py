@@ -191,3 +191,15 @@ def test_held_out_test_split_is_reported_for_student_and_teacher_on_both_views(c
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     assert trainer.callback_metrics["val/map_50"].item() == pytest.approx(test["metrics"]["map_50"], abs=1e-6)
+
+
+def test_teacher_seed_gives_students_of_every_seed_one_teacher(compose_train, tmp_path):
+    """teacher.seed: the key is the config the teacher is trained with (data.seed follows ${seed} -> the
+    teacher's seed), so the student of seed 1 reuses the teacher of seed 0; without it each seed has its own."""
+    own_cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    common = (*TINY, own_cache, "kd=cs", "preprocess=rb")
+    first = run(compose_train(*common, "teacher.seed=0", "seed=0", output_dir=tmp_path / "s0"))
+    second = run(compose_train(*common, "teacher.seed=0", "seed=1", output_dir=tmp_path / "s1"))
+    assert not first.teacher_reused and second.teacher_reused and second.teacher_path == first.teacher_path
+    own = run(compose_train(*common, "seed=1", output_dir=tmp_path / "own"))
+    assert not own.teacher_reused and own.teacher_path != first.teacher_path

@@ -95,14 +95,16 @@ def cached_fit(cfg: DictConfig, task: Task, role: str, cache_root: Path, spec: d
 def train_teacher(cfg: DictConfig, task: Task, cache_root: Path) -> CacheEntry:
     """The cached teacher for ``cfg``, training it (stage 1) when no finished entry exists; ``teacher.seed``
     (when set) seeds it, so students of several seeds can learn from one teacher."""
-    spec = task.teacher_spec(cfg)
-    if spec is None:
-        raise ValueError(f"task {task.name!r} has no teacher stage for this config")
     teacher_cfg = cfg
     if OmegaConf.select(cfg, "teacher.seed") is not None:
         teacher_cfg = cfg.copy()
         with read_write(teacher_cfg), open_dict(teacher_cfg):
             teacher_cfg.seed = int(cfg.teacher.seed)
+    # the key of the config the teacher is trained with: settings that follow ${seed} (the data's sampler and
+    # augmentation seed) take the teacher's seed, so students of every seed find the one teacher
+    spec = task.teacher_spec(teacher_cfg)
+    if spec is None:
+        raise ValueError(f"task {task.name!r} has no teacher stage for this config")
     return cached_fit(teacher_cfg, task, "teacher", cache_root, spec, task.teacher_label(cfg),
                       int(cfg.teacher.epochs), "stage 1/2", "teacher")
 
