@@ -82,22 +82,28 @@ def test_detector_onnx_with_nms_selects_what_pytorch_postprocess_selects(tmp_pat
         np.testing.assert_allclose(mine[order, 1:5], ref["boxes"].numpy()[ref_order], atol=1e-3)
 
 
-def test_anomaly_onnx_maps_and_scores_equal_pytorch(tmp_path):
+@pytest.mark.parametrize("name,options", [("rd", {"encoder": "resnet18", "oce_blocks": 1}),
+                                          ("bsdrd", {"encoder": "resnet18", "oce_blocks": 1, "detail_width": 32})])
+def test_anomaly_onnx_maps_and_scores_equal_pytorch(tmp_path, name, options):
     from fgkd.models.anomaly.components.encoder import RandomEncoderWarning
     from fgkd.models.registry import build_model
     from fgkd.tasks.anomaly import save_anomaly_model
 
     torch.manual_seed(0)
-    options = {"encoder": "resnet18", "oce_blocks": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomEncoderWarning)
-        model = build_model("rd", 1, **options).eval()
-    ckpt = save_anomaly_model(tmp_path / "anomaly.pt", model, "rd", options,
+        model = build_model(name, 1, **options).eval()  # bsdrd: the wavelet transforms (ptwt) in the graph too
+    ckpt = save_anomaly_model(tmp_path / "anomaly.pt", model, name, options,
                               {"imgsz": 64, "data": {"resize_mode": "square"}})
-    out = export(ExportOptions(ckpt=str(ckpt), dynamic=True))
+    if name == "bsdrd":  # ptwt's wavelet transform traces the batch size into the graph: refused, named
+        with pytest.raises(ValueError, match="dynamic=false"):
+            export(ExportOptions(ckpt=str(ckpt), dynamic=True))
+        assert not list(tmp_path.glob("*.onnx*"))  # nothing half-written left behind
+    dynamic = name != "bsdrd"
+    out = export(ExportOptions(ckpt=str(ckpt), dynamic=dynamic))
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fgkd"])
     assert (meta["task"], meta["imgsz"], meta["resize_mode"]) == ("anomaly", 64, "square")
-    images = torch.randn(3, 3, 64, 64)
+    images = torch.randn(3 if dynamic else 1, 3, 64, 64)
     maps, scores = _session(out).run(None, {"images": images.numpy()})
     ref_maps, ref_scores = model.predict(images)  # float64 blur: the float32 graph differs by < 1e-5
     np.testing.assert_allclose(maps, ref_maps.numpy(), atol=1e-5, rtol=1e-4)

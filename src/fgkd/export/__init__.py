@@ -104,11 +104,37 @@ def export(options: ExportOptions) -> Path:
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
+    check = "" if options.half else _self_check(tmp, graph, size, options.dynamic, out)
     tmp.replace(out)
     print(f"exported {ckpt} -> {out} ({meta['task']}, {size} px, opset {options.opset}, "
           f"{'dynamic batch' if options.dynamic else 'batch 1'}{', NMS in the graph' if options.nms else ''}"
-          f"{', fp16' if options.half else ''}; outputs {', '.join(outputs)})", flush=True)
+          f"{', fp16' if options.half else ''}; outputs {', '.join(outputs)}{check})", flush=True)
     return out
+
+
+def _self_check(path: Path, graph: Any, size: int, dynamic: bool, out: Path) -> str:
+    """Run the written graph in onnxruntime on a random batch (3 images when ``dynamic``: another size than the
+    traced one) against PyTorch; a graph that cannot take the batch is refused, the largest difference reported."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    images = torch.rand(3 if dynamic else 1, 3, size, size)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        got = session.run(None, {"images": images.numpy()})
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types
+        path.unlink(missing_ok=True)
+        raise ValueError(f"the exported graph cannot run a batch of {images.shape[0]} ({str(err).splitlines()[0][:200]}); "
+                         + ("this model traces its batch size into the graph (e.g. the wavelet transform of bsdrd): "
+                            "export with dynamic=false" if dynamic else "please report it")) from None
+    with torch.no_grad():
+        expected = graph.cpu()(images)
+    expected = [expected] if torch.is_tensor(expected) else list(expected)
+    if any(g.shape != tuple(e.shape) for g, e in zip(got, expected, strict=True)):
+        return "; onnxruntime check: output sizes differ from PyTorch's (NMS ties), compare with predict.py"
+    worst = max(float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected, strict=True))
+    return f"; onnxruntime vs PyTorch on {images.shape[0]} random image(s): max |diff| {worst:.1e}"
 
 
 def _detector_graph(ckpt: Path, options: ExportOptions) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
