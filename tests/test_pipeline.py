@@ -179,6 +179,10 @@ def test_held_out_test_split_is_reported_for_student_and_teacher_on_both_views(c
     assert (test["split"], test["selected_on"], test["view"], list(test["views"])) == ("test", "val", "original", ["original"])
     assert test["images"] == 8  # round(0.4 * 20), disjoint from val (4) and train (8)
     assert set(test["metrics"]) == {"map", "map_50", "mar_1", "mar_10", "mar_100"}
+    timing = payload["timing"]  # where the fit's wall time went (fgkd.lit.timing), printed as one line too
+    assert set(timing["seconds"]) == {"train_steps", "data_wait", "validation", "checkpoints_logging_other",
+                                      "setup", "export_and_test"}
+    assert sum(timing["shares"].values()) == pytest.approx(1.0, abs=1e-3) and timing["seconds"]["train_steps"] > 0
     teacher_test = payload["teacher"]["test"]
     assert list(teacher_test["views"]) == ["preprocessed", "original"] and teacher_test["view"] == "preprocessed"
     # the reported numbers are the exported detector's on the test loader, as an independent validation computes them
@@ -203,3 +207,16 @@ def test_teacher_seed_gives_students_of_every_seed_one_teacher(compose_train, tm
     assert not first.teacher_reused and second.teacher_reused and second.teacher_path == first.teacher_path
     own = run(compose_train(*common, "seed=1", output_dir=tmp_path / "own"))
     assert not own.teacher_reused and own.teacher_path != first.teacher_path
+
+
+def test_time_breakdown_adds_the_fit_remainder_and_the_outside_parts():
+    from fgkd.lit.timing import TimeBreakdown, breakdown, format_breakdown
+
+    timer = TimeBreakdown()
+    timer.seconds = {"train_steps": 80.0, "data_wait": 2.0, "validation": 8.0}
+    timer.fit_seconds = 95.0  # 5 s inside trainer.fit outside steps, waits and validation
+    timing = breakdown(timer, before_fit=3.0, after_fit=2.0)
+    assert timing["total_s"] == 100.0 and timing["seconds"]["checkpoints_logging_other"] == 5.0
+    assert timing["shares"]["train_steps"] == 0.8 and timing["shares"]["setup"] == 0.03
+    assert format_breakdown("student", timing).startswith("[time] student fit 100 s: training steps 80.0 %")
+

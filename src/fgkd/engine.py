@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.history import TrainLossesToHistory
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
+from fgkd.lit.timing import TimeBreakdown, breakdown, format_breakdown
 from fgkd.metrics.curves import RESULTS_FILE, plot_history
 from fgkd.paths import SWEEP_GROUP_ENV
 
@@ -191,6 +193,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, epochs: int | None = Non
     on the progress bar and in the per-epoch lines (``teacher``, ``student``); ``metrics``: the columns printed."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), output_dir)
     callbacks.append(TrainLossesToHistory())  # losses beside the metrics in metrics.json and results.png
+    callbacks.append(TimeBreakdown())  # before the checkpoint callbacks (Lightning runs those last)
     progress_on = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is not False
     overrides: dict[str, Any] = {}
     if progress_on and not sys.stdout.isatty():
@@ -234,6 +237,7 @@ def fit(
     run; ``"auto"``: this fit's own ``<output_dir>/checkpoints/last.ckpt`` when it exists, else a fresh start.
     ``teacher_info``: what the run's ``metrics.json`` says of the teacher a student learned from.
     """
+    started = time.perf_counter()
     output_dir = _output_dir(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
@@ -252,7 +256,9 @@ def fit(
         cfg, output_dir, epochs=epochs, recipe=task.recipe(cfg, role) or {}, stage="" if role == "base" else stage,
         metrics=tuple(task.metric_columns[:3]), later_epochs=int(cfg.epochs) if two_stage and role == "teacher" else 0,
         role=role)
+    timer = next(c for c in trainer.callbacks if isinstance(c, TimeBreakdown))
     _log_config(loggers, cfg, role, teacher_info)
+    fit_started = time.perf_counter()
     with warnings.catch_warnings():
         # Expected with a frozen teacher or none: the teacher is eval-mode by design (ecosystem.md §3.3).
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
@@ -268,6 +274,7 @@ def fit(
                 raise
             _stopped(trainer, output_dir, "Ctrl-C", 130)  # Lightning's graceful Ctrl-C exits 1
 
+    fit_ended = time.perf_counter()
     checkpoint_cb = trainer.checkpoint_callback
     best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb and checkpoint_cb.best_model_path else None
     best_ckpt = best_ckpt if best_ckpt is not None and best_ckpt.is_file() else None
@@ -288,8 +295,10 @@ def fit(
     )
     if trainer.is_global_zero:
         test = task.held_out_test(cfg, role, module, artifact_path) if artifact_path is not None else None
-        write_metrics(result.metrics_path, metrics_payload(task, result, run=task.run_info(cfg, role),
-                                                           teacher=teacher_info, test=test))
+        timing = breakdown(timer, fit_started - started, time.perf_counter() - fit_ended)
+        print(format_breakdown(role, timing), flush=True)
+        write_metrics(result.metrics_path, {**metrics_payload(task, result, run=task.run_info(cfg, role),
+                                                              teacher=teacher_info, test=test), "timing": timing})
         try:
             plot_history(result.history, output_dir / RESULTS_FILE, task.metric_columns, task.display_names,
                          title=f"{task.name} · {role}")
