@@ -340,7 +340,7 @@ def test_results_table_pairs_each_method_with_base_per_seed_on_the_test_split(tm
     assert teacher_rows == ["its teacher on X: Feature KD-CS (teacher on X)",
                             "its teacher on X_M: Proposed (RB & SF, CS, α 0.5)",
                             "its teacher on X: Proposed (RB & SF, CS, α 0.5)"]
-    assert by[("YOLOv8n", teacher_rows[1])][2] == "0.500" and by[("YOLOv8n", teacher_rows[1])][7] == "1"
+    assert by[("YOLOv8n", teacher_rows[1])][2] == "0.500" and by[("YOLOv8n", teacher_rows[1])][7] == "1 teacher"
     sweep_tables.write_outputs(exp, sweeps.collect_results(exp, tmp_path, "dev", seeds=3), tmp_path / "out", "cmd")
     assert (tmp_path / "out" / "results.png").stat().st_size > 10_000
 

@@ -290,8 +290,10 @@ def paired_table(exp: Experiment, results: list[RunResult]) -> tuple[list[str], 
                 if not by_teacher:
                     continue
                 label = f"its teacher on {_view_name(view)}: {labels.get(row_key, {}).get(method, method)}"
+                # the seeds column counts teacher cache entries here (one when the students share one teacher)
+                count = f"{len(by_teacher)} teacher" + ("s" if len(by_teacher) > 1 else "")
                 rows.append([group_label, label, *(_fmt([m[k] for m in by_teacher.values()]) for k in keys),
-                             str(len(by_teacher)), "", "", ""])
+                             count, "", "", ""])
     return header, rows
 
 
