@@ -41,7 +41,7 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("name", ["yolov8n", "yolov6n"])
+@pytest.mark.parametrize("name", ["yolov8n", "yolov6n", "yolov5n"])
 def test_detector_onnx_equals_pytorch_for_any_batch_size(tmp_path, name):
     ckpt, detector = _detector_file(tmp_path, name)
     out = export(ExportOptions(ckpt=str(ckpt), dynamic=True))
@@ -51,10 +51,7 @@ def test_detector_onnx_equals_pytorch_for_any_batch_size(tmp_path, name):
     images = torch.rand(3, 3, SIZE, SIZE)  # traced with batch 2: batch 3 shows the dynamic axis
     boxes, scores = _session(out).run(None, {"images": images.numpy()})
     with torch.no_grad():  # the unfused model: fusing (Conv+BN, RepVGG) must not change the outputs
-        raw = detector(images)
-        from fgkd.models.detectors.ops import decode_boxes
-
-        ref_boxes, ref_scores = decode_boxes(raw).numpy(), raw["cls"].sigmoid().numpy()
+        ref_boxes, ref_scores = (t.numpy() for t in detector.decode(detector(images)))
     assert boxes.shape == ref_boxes.shape and scores.shape == ref_scores.shape
     np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)  # pixels
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)

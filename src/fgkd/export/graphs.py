@@ -14,8 +14,6 @@ import torch
 import torchvision
 from torch import nn
 
-from fgkd.models.detectors.ops import decode_boxes
-
 #: columns of the ``detections`` output of a graph with NMS
 DETECTION_COLUMNS = ("batch_index", "x1", "y1", "x2", "y2", "score", "class")
 
@@ -58,7 +56,7 @@ class DeployedDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Any:
         raw = self.detector(images)
-        boxes, scores = decode_boxes(raw), raw["cls"].sigmoid()
+        boxes, scores = self.detector.decode(raw)
         if not self.nms:
             return boxes, scores
         selected = _NonMaxSuppression.apply(boxes, scores.transpose(1, 2), self.max_det, self.iou, self.conf)

@@ -81,6 +81,14 @@ class Detector(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def decode(self, raw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(boxes [B, A, 4] xyxy in input pixels, class scores [B, A, nc] in [0, 1])`` of every prediction
+        before NMS (what an exported graph without NMS outputs). Default: the dense anchor-free heads' raw
+        (ltrb distances, DFL or plain, and class logits)."""
+        from fgkd.models.detectors.ops import decode_boxes
+
+        return decode_boxes(raw), raw["cls"].sigmoid()
+
     def kd_logits(self, raw: Any) -> torch.Tensor:
         """Class logits ``[B, A, nc]`` for logit KD (``kd=kl``); families without dense logits refuse it."""
         raise NotImplementedError(
