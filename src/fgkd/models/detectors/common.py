@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 # Both reference frameworks initialise BatchNorm with eps=1e-3 and momentum=0.03
 # (ultralytics utils/torch_utils.py::initialize_weights, yolov6/utils/torch_utils.py).
@@ -53,3 +54,13 @@ class ConvBNAct(nn.Module):
         if isinstance(self.bn, nn.BatchNorm2d):
             self.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
             self.bn = nn.Identity()
+        elif isinstance(self.bn, FrozenBatchNorm2d):  # RT-DETR r50's frozen statistics (buffers, not parameters)
+            weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                self.conv.weight, self.conv.bias, self.bn.running_mean, self.bn.running_var, self.bn.eps,
+                self.bn.weight, self.bn.bias)
+            fused = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size, self.conv.stride,
+                              self.conv.padding, self.conv.dilation, self.conv.groups, bias=True,
+                              device=weight.device, dtype=weight.dtype)
+            fused.weight.copy_(weight)
+            fused.bias.copy_(bias)
+            self.conv, self.bn = fused, nn.Identity()

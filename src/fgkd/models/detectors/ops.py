@@ -149,3 +149,25 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0
         keep = torchvision.ops.batched_nms(kept_boxes, kept_scores, groups, iou)[:max_det]
         results.append({"boxes": kept_boxes[keep], "scores": kept_scores[keep], "labels": labels[keep].long()})
     return results
+
+
+def select_top_queries(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.001, max_det: int = 300,
+                       multi_label: bool = False) -> list[dict[str, torch.Tensor]]:
+    """NMS-free selection for set-prediction heads (RT-DETR): ``boxes [B, Q, 4]`` xyxy, ``scores [B, Q, nc]``.
+
+    ``multi_label``: the ``max_det`` best (query, class) pairs of the flattened ``Q·nc`` scores (the official
+    RT-DETR post-processor); otherwise every query's best class, sorted (the Ultralytics RT-DETR validator).
+    Pairs at or below ``conf`` are dropped."""
+    results = []
+    for image_boxes, image_scores in zip(boxes, scores, strict=True):
+        nc = image_scores.shape[-1]
+        if multi_label:
+            top_scores, flat = image_scores.flatten().topk(min(max_det, image_scores.numel()))
+            query, labels = flat // nc, flat % nc
+        else:
+            best, best_labels = image_scores.max(-1)
+            top_scores, query = best.topk(min(max_det, best.numel()))
+            labels = best_labels[query]
+        keep = top_scores > conf
+        results.append({"boxes": image_boxes[query[keep]], "scores": top_scores[keep], "labels": labels[keep].long()})
+    return results

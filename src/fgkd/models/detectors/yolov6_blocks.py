@@ -40,12 +40,13 @@ class RepVGGBlock(nn.Module):
     the 1×1 kernel is zero-padded to 3×3 and the identity is a 3×3 kernel with a centred 1 per channel.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: str = "relu") -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: str = "relu", identity: bool = True) -> None:
         super().__init__()
         self.c_in, self.c_out, self.stride = c_in, c_out, stride
         self.act = make_activation(act)
-        # branch registration order as in the reference (identity, 3×3, 1×1): eases converting its checkpoints
-        self.identity = _batch_norm(c_out) if c_in == c_out and stride == 1 else None
+        # branch registration order as in the reference (identity, 3×3, 1×1): eases converting its checkpoints;
+        # ``identity=False``: no identity branch even where shapes allow it (RT-DETR's CSPRepLayer blocks)
+        self.identity = _batch_norm(c_out) if identity and c_in == c_out and stride == 1 else None
         self.dense = ConvBNAct(c_in, c_out, 3, stride, act="none")
         self.pointwise = ConvBNAct(c_in, c_out, 1, stride, padding=0, act="none")
         self.reparam: nn.Conv2d | None = None
