@@ -75,7 +75,7 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
     assert set(group_options("data", "anomaly")) == {"btad", "mtd", "mvtec", "synthtex", "synthtiles"}
     cfg = compose_train("model.task=anomaly")
     with pytest.raises(ConfigError, match=r"model is a anomaly config but task=detect; the model options for "
-                                          r"task=detect are: yolov5l, .*yolov6l, .*yolov8s"):
+                                          r"task=detect are: rtdetr_l, rtdetr_r18, rtdetr_r50, yolov5l, .*yolov6l, .*yolov8s"):
         validate(cfg)
     with pytest.raises(ConfigError, match=r"data is a x config .* task=detect are: coco, pdi, synthpipes, yolo"):
         validate(compose_train("data.task=x"))

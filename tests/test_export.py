@@ -189,3 +189,27 @@ def test_predict_anomaly_on_the_onnx_file_matches_the_pytorch_file(tmp_path, tin
 
     np.testing.assert_allclose(scores(onnx_file, "onnx"), scores(ckpt, "pt"), rtol=1e-4, atol=1e-5)
     assert len(list((tmp_path / "onnx" / "images").iterdir())) == len(files)
+
+
+def test_rtdetr_exports_nms_free_and_predicts_what_pytorch_selects(tmp_path):
+    from fgkd.runtime import load_detector_runner
+
+    torch.manual_seed(0)
+    detector = build_detector("rtdetr_r18", 3)
+    with torch.no_grad():
+        detector.decoder.enc_score_head.weight.mul_(50)  # separated encoder scores: a stable top-k selection
+    ckpt = save_detector(tmp_path / "rt.pt", detector, {"name": "rtdetr_r18", "num_classes": 3}, ["a", "b", "c"],
+                         imgsz=128)
+    with pytest.raises(ValueError, match="NMS-free"):
+        export(ExportOptions(ckpt=str(ckpt), nms=True))
+    out = export(ExportOptions(ckpt=str(ckpt), dynamic=True))
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fgkd"])
+    assert meta["nms_free"] is True and meta["nms"] is None
+    images = torch.rand(2, 3, 128, 128)
+    onnx_dets = load_detector_runner(out, "cpu")(images, conf=0.0, iou=0.7, max_det=20)
+    torch_dets = load_detector_runner(ckpt, "cpu")(images, conf=0.0, iou=0.7, max_det=20)
+    for mine, ref in zip(onnx_dets, torch_dets, strict=True):
+        assert len(mine["scores"]) == len(ref["scores"]) == 20  # no NMS: every selected query is kept
+        rows = torch.cat([mine["boxes"], mine["scores"][:, None]], 1)
+        ref_rows = torch.cat([ref["boxes"], ref["scores"][:, None]], 1)
+        assert torch.cdist(rows, ref_rows).min(1).values.max() < 0.25  # pixels; near-equal scores may swap

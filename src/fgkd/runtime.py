@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgkd.models.detectors.ops import select_detections
+from fgkd.models.detectors.ops import select_detections, select_top_queries
 
 ONNX_SUFFIX = ".onnx"
 
@@ -87,6 +87,8 @@ class _OnnxDetector:
         nms = self.meta.get("nms")
         if not nms:
             boxes, scores = (torch.from_numpy(o).float() for o in outputs)
+            if self.meta.get("nms_free"):  # set prediction (RT-DETR): the best queries, as its postprocess
+                return select_top_queries(boxes, scores, conf, max_det)
             return select_detections(boxes, scores, conf, iou, max_det)
         baked_conf, baked_iou = float(nms["conf"]), float(nms["iou"])
         if conf < baked_conf and "conf" not in self._warned:

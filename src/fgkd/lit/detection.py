@@ -318,6 +318,14 @@ class DetectionModule(pl.LightningModule):
             batches_per_epoch=batches_per_epoch,
             dataset_size=dataset_size,
             world_size=trainer.world_size,
+            backbone=[self.student.backbone] if isinstance(getattr(self.student, "backbone", None), nn.Module) else [],
         )
         self.resolved_optimizer = resolved
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # the recipe's clip (RT-DETR: max norm 0.1) unless the trainer sets its own gradient_clip_val
+        if gradient_clip_val is None and self.recipe.clip_grad_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = float(self.recipe.clip_grad_norm), "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)

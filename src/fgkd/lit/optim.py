@@ -106,14 +106,20 @@ def split_parameters(modules: Iterable[nn.Module]) -> dict[str, list[nn.Paramete
     return groups
 
 
-def build_optimizer(modules: Iterable[nn.Module], resolved: ResolvedOptimizer, nesterov: bool = False) -> torch.optim.Optimizer:
-    """Optimizer over three groups; only conv/linear weights get weight decay (biases/norm weights do not)."""
+def build_optimizer(modules: Iterable[nn.Module], resolved: ResolvedOptimizer, nesterov: bool = False,
+                    scaled: Iterable[nn.Module] = (), lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Optimizer over three groups; only conv/linear weights get weight decay (biases/norm weights do not).
+
+    ``scaled`` modules (a detector's backbone) get their own three groups at ``lr_scale × lr`` (RT-DETR's
+    per-group learning rates); the schedule and warm-up scale every group alike."""
     groups = split_parameters(modules)
-    param_groups = [
-        {"params": groups["bias"], "weight_decay": 0.0, "group": "bias"},
-        {"params": groups["weight"], "weight_decay": resolved.weight_decay, "group": "weight"},
-        {"params": groups["norm"], "weight_decay": 0.0, "group": "norm"},
-    ]
+    scaled_ids = {id(p) for module in scaled for p in module.parameters()} if lr_scale != 1.0 else set()
+    decay = {"bias": 0.0, "weight": resolved.weight_decay, "norm": 0.0}
+    param_groups = [{"params": [p for p in params if id(p) not in scaled_ids], "weight_decay": decay[name],
+                     "group": name} for name, params in groups.items()]
+    if scaled_ids:  # after the unscaled groups, so group 1 (the logged train/lr) stays the conv/linear weights
+        param_groups += [{"params": [p for p in params if id(p) in scaled_ids], "weight_decay": decay[name],
+                          "group": name, "lr": resolved.lr * lr_scale} for name, params in groups.items()]
     param_groups = [g for g in param_groups if g["params"]]
     if not param_groups:
         raise ValueError("build_optimizer: no trainable parameters")
@@ -222,6 +228,7 @@ def configure_recipe(
     batches_per_epoch: int,
     dataset_size: int | None = None,
     world_size: int = 1,
+    backbone: Iterable[nn.Module] = (),
 ) -> tuple[torch.optim.Optimizer, WarmupEpochLR, ResolvedOptimizer]:
     """Optimizer + step-wise scheduler for one run (what ``configure_optimizers`` returns)."""
     if dataset_size is None:
@@ -230,7 +237,8 @@ def configure_recipe(
         recipe, num_classes=num_classes, batch_size=batch_size, accumulate=accumulate, epochs=epochs,
         dataset_size=dataset_size, world_size=world_size,
     )
-    optimizer = build_optimizer(modules, resolved, nesterov=bool(recipe.nesterov) and resolved.name == "sgd")
+    optimizer = build_optimizer(modules, resolved, nesterov=bool(recipe.nesterov) and resolved.name == "sgd",
+                                scaled=backbone, lr_scale=float(recipe.backbone_lr_scale))
     scheduler = WarmupEpochLR(
         optimizer,
         lr_factor(recipe.schedule, float(recipe.lrf), epochs),

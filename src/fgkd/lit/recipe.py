@@ -37,6 +37,10 @@ class Recipe:
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
     close_mosaic: int = 10
+    #: learning-rate multiplier of the detector's ``backbone`` parameters (RT-DETR: 0.1, i.e. 1e-5 of 1e-4)
+    backbone_lr_scale: float = 1.0
+    #: max L2 norm of all gradients before each optimizer step (RT-DETR: 0.1); null = no clipping
+    clip_grad_norm: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,7 +53,8 @@ class Recipe:
         sections = {
             "optimizer": {"name": "optimizer", "lr": "lr", "lr_reference_batch": "lr_reference_batch",
                           "momentum": "momentum", "weight_decay": "weight_decay", "nesterov": "nesterov",
-                          "nbs": "nbs", "scratch_lr": "scratch_lr"},
+                          "nbs": "nbs", "scratch_lr": "scratch_lr", "backbone_lr_scale": "backbone_lr_scale",
+                          "clip_grad_norm": "clip_grad_norm"},
             "scheduler": {"name": "schedule", "lrf": "lrf", "warmup_epochs": "warmup_epochs",
                           "warmup_min_iters": "warmup_min_iters", "warmup_momentum": "warmup_momentum",
                           "warmup_bias_lr": "warmup_bias_lr"},
@@ -88,6 +93,10 @@ class Recipe:
                 raise RecipeError(f"model.recipe: {name} must be >= 0, got {getattr(self, name)!r}")
         if int(self.nbs) < 1 or int(self.warmup_min_iters) < 0 or int(self.close_mosaic) < 0:
             raise RecipeError("model.recipe: nbs must be >= 1; warmup_min_iters and close_mosaic >= 0")
+        if not float(self.backbone_lr_scale) >= 0:
+            raise RecipeError(f"model.recipe.optimizer.backbone_lr_scale must be >= 0, got {self.backbone_lr_scale!r}")
+        if self.clip_grad_norm is not None and not float(self.clip_grad_norm) > 0:
+            raise RecipeError(f"model.recipe.optimizer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm!r}")
         if self.lr_reference_batch is not None and int(self.lr_reference_batch) < 1:
             raise RecipeError(f"model.recipe.optimizer.lr_reference_batch must be >= 1 or null, got {self.lr_reference_batch}")
 

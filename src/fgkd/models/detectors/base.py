@@ -64,6 +64,8 @@ class Detector(nn.Module):
     family: str = ""
     #: how ``loss`` reduces over the images of a batch: "sum" or "mean" (DDP scales a summed loss by the world size)
     loss_reduction: str = ""
+    #: set-prediction heads (RT-DETR) need no NMS: their exported raw outputs are selected by top score only
+    nms_free: bool = False
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> DetectorOutput:  # pragma: no cover
         """``targets`` (``float[M, 6]``) is for families whose training forward needs them (DETR denoising);

@@ -21,6 +21,7 @@ detectors.md §3.4 (hidden 256, 300 queries, 4 points per level and head, 8 head
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -161,6 +162,7 @@ class RTDETRDecoder(nn.Module):
         super().__init__()
         self.num_classes, self.hidden, self.num_queries = num_classes, hidden, num_queries
         self.num_layers = layers
+        self._warned_sizes: set[int] = set()
         self.eval_idx = eval_idx if eval_idx >= 0 else layers + eval_idx
         if not 0 <= self.eval_idx < layers:
             raise ValueError(f"eval_idx {eval_idx} is outside the {layers} decoder layers")
@@ -196,17 +198,24 @@ class RTDETRDecoder(nn.Module):
         shapes = [(int(p.shape[2]), int(p.shape[3])) for p in projected]
         return torch.cat([p.flatten(2).transpose(1, 2) for p in projected], 1), shapes
 
+    def queries_for(self, tokens: int) -> int:
+        """The queries selected from ``tokens`` encoder tokens: ``num_queries``, or all tokens on inputs too small
+        for that many (under 128 px for 300 queries), with a warning."""
+        if tokens >= self.num_queries:
+            return self.num_queries
+        if tokens not in self._warned_sizes:
+            self._warned_sizes.add(tokens)
+            warnings.warn(f"RT-DETR: {tokens} encoder tokens at this input size < num_queries={self.num_queries}; "
+                          f"selecting {tokens} (use imgsz >= 128 for 300 queries)", stacklevel=3)
+        return tokens
+
     def forward(self, features: list[torch.Tensor], denoising: dict[str, Any] | None = None) -> dict[str, Any]:
         memory, shapes = self.memory(features)
         b, tokens, _ = memory.shape
-        if tokens < self.num_queries:
-            raise ValueError(
-                f"RT-DETR selects num_queries={self.num_queries} of {tokens} encoder tokens at this input size; use a "
-                f"larger imgsz or set model.num_queries <= {tokens}")
         anchors, valid = generate_anchors(shapes, device=memory.device)
         selected = self.enc_output(valid.to(memory.dtype) * memory)
         enc_logits_all = self.enc_score_head(selected)
-        top = enc_logits_all.max(-1).values.topk(self.num_queries, dim=1).indices  # [B, nq]
+        top = enc_logits_all.max(-1).values.topk(self.queries_for(tokens), dim=1).indices  # [B, nq]
         top_features = selected.gather(1, top[..., None].expand(-1, -1, self.hidden))
         top_anchors = anchors.expand(b, -1, -1).gather(1, top[..., None].expand(-1, -1, 4))
         reference = self.enc_bbox_head(top_features) + top_anchors  # logits
@@ -219,6 +228,8 @@ class RTDETRDecoder(nn.Module):
             content = torch.cat([denoising["content"].to(content.dtype), content], 1)
             reference = torch.cat([denoising["reference"].to(reference.dtype), reference], 1)
             attn_mask, num_dn = denoising["attn_mask"], int(denoising["num_dn"])
+        elif self.training:  # a batch without boxes: keep the embedding in the graph (DDP needs every gradient)
+            content = content + 0.0 * self.denoising_class_embed.weight.sum()
         boxes, logits = self.decode(content, reference, memory, shapes, attn_mask)
         return {"boxes": boxes[:, :, num_dn:], "logits": logits[:, :, num_dn:],
                 "dn_boxes": boxes[:, :, :num_dn] if num_dn else None, "dn_logits": logits[:, :, :num_dn] if num_dn else None,

@@ -62,6 +62,7 @@ class RTDETR(Detector):
 
     family = "rtdetr"
     loss_reduction = "mean"
+    nms_free = True
     default_taps = ["backbone.p3", "backbone.p4", "backbone.p5"]
 
     def __init__(self, num_classes: int, variant: str = "r18", *, num_queries: int = 300, num_denoising: int = 100,
@@ -106,8 +107,9 @@ class RTDETR(Detector):
         denoising = None
         if self.training and targets is not None:
             labels, boxes = normalized_targets(targets, images.shape[0], imgsz)
+            tokens = sum((imgsz[0] // s) * (imgsz[1] // s) for s in (8, 16, 32))
             denoising = denoising_queries(labels, boxes, self.decoder.denoising_class_embed, self.num_classes,
-                                          self.decoder.num_queries, self.num_denoising, self.label_noise_ratio,
+                                          self.decoder.queries_for(tokens), self.num_denoising, self.label_noise_ratio,
                                           self.box_noise_scale)
         raw = self.decoder(features, denoising)
         raw["imgsz"] = imgsz
