@@ -87,7 +87,9 @@ def test_detectors_declare_loss_reduction_and_logits():
 
     reductions = {name: build_detector(name, 3).loss_reduction for name in list_detectors()}
     # summed over the batch by YOLOv8 and YOLOv5 (the references return loss * batch size), a mean by YOLOv6
-    assert reductions == {name: ("mean" if name.startswith("yolov6") else "sum") for name in list_detectors()}
+    # and a per-box mean by RT-DETR (its criterion divides by the number of ground-truth boxes)
+    means = ("yolov6", "rtdetr")
+    assert reductions == {name: ("mean" if name.startswith(means) else "sum") for name in list_detectors()}
     model = build_detector("yolov8n", 3).eval()
     raw = model(torch.zeros(1, 3, 64, 64))
     assert model.kd_logits(raw).shape == (1, 84, 3)
