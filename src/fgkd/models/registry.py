@@ -107,5 +107,26 @@ def build_model(name: str, num_classes: int, weights: str | None = None, **optio
     if weights:
         from fgkd.models.weights import load_weights
 
-        load_weights(model, weights)
+        try:
+            load_weights(model, weights)
+        except ValueError as err:  # shape mismatches: of the class heads only (COCO's 80 classes vs yours)?
+            class_keys = class_dependent_keys(entry, num_classes, options)
+            report = load_weights(model, weights, strict=False, skip_mismatched=True)
+            mismatched = [m.split(":", 1)[0] for m in report.mismatched]
+            if not mismatched or not set(mismatched) <= class_keys or report.missing or report.unexpected:
+                raise err
+            print(f"{name}: {weights} has another number of classes; re-initialised the {len(mismatched)} class-head "
+                  f"tensor(s) {', '.join(mismatched)} (everything else loaded)", flush=True)
     return model
+
+
+def class_dependent_keys(entry: ModelEntry, num_classes: int, options: dict[str, Any]) -> set[str]:
+    """State-dict keys whose shape depends on the number of classes, found by building the model for other class
+    counts on the meta device (allocates nothing): nc + 1, and nc + 101 for widths that follow nc up to a cap
+    (YOLOv8's class branch: max(c, min(nc, 100)) channels)."""
+    import torch
+
+    with torch.device("meta"):
+        own = entry.factory(num_classes=num_classes, **options).state_dict()
+        others = [entry.factory(num_classes=num_classes + extra, **options).state_dict() for extra in (1, 101)]
+    return {key for key, value in own.items() for other in others if key in other and other[key].shape != value.shape}

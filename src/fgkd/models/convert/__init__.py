@@ -1,0 +1,125 @@
+"""Convert official checkpoints into fgkd detector files (``python -m fgkd.models.convert SRC OUT.pt``).
+
+Sources (each is read with ``torch.load(weights_only=False)``, because these checkpoints pickle their own
+project's classes; that project must be importable for the conversion only, never for fgkd itself):
+
+* **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …) and RT-DETR-L
+  (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
+
+The output is a detector file (:func:`fgkd.tasks.detect.save_detector`: weights, the detector spec at the source's
+class count, the class names, imgsz 640) for ``model.weights=OUT.pt`` (class heads of another class count are
+re-initialised, with a message listing them) and for ``predict.py``. Each mapping is checked: every fgkd tensor
+gets exactly one source tensor of the same shape, and ``tests/test_convert.py`` shows equal outputs (< 1e-4).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+INSTALL_HINTS = {
+    "ultralytics": "pip install ultralytics  (in the environment used for the conversion only; fgkd never imports it)",
+}
+#: source keys with no fgkd counterpart: buffers recomputed from the config (DFL's fixed arange projection,
+#: BatchNorm counters)
+_DROPPED = re.compile(r"(\.dfl\.conv\.weight$|num_batches_tracked$)")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted (unknown layout, missing package, mismatched tensors)."""
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` of a pickled checkpoint; a missing source package becomes an install hint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:
+        package = (err.name or "").split(".")[0]
+        hint = INSTALL_HINTS.get(package, f"install the package that wrote it ({package!r})")
+        raise ConversionError(f"{path} pickles classes of the {package!r} package, which is not importable here. "
+                              f"Fix: {hint}") from None
+
+
+def map_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pair source and target tensors in registration order (the layouts agree layer by layer); every pair must
+    have the same shape and the same kind (weight, bias, running statistics), else the first mismatch is named."""
+    src = [(k, v) for k, v in source.items() if not _DROPPED.search(k)]
+    dst = [k for k in target if not _DROPPED.search(k)]
+    if len(src) != len(dst):
+        raise ConversionError(f"the source has {len(src)} tensors, the fgkd model {len(dst)}: another architecture "
+                              "or size? pass --model")
+    out = {}
+    for (src_key, value), dst_key in zip(src, dst, strict=True):
+        if value.shape != target[dst_key].shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
+            raise ConversionError(f"source {src_key} {tuple(value.shape)} does not fit {dst_key} "
+                                  f"{tuple(target[dst_key].shape)}: another architecture or size? pass --model")
+        out[dst_key] = value
+    return out
+
+
+def map_by_rules(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                 rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Rename source keys with the first matching ``(regex, replacement)`` rule; the result must cover the fgkd
+    model exactly, with equal shapes (unmapped source keys and uncovered targets are named)."""
+    out, unmapped = {}, []
+    for key, value in source.items():
+        if _DROPPED.search(key):
+            continue
+        for pattern, replacement in rules:
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unmapped.append(key)
+    missing = [k for k in target if k not in out and not _DROPPED.search(k)]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in out.items()
+             if k in target and v.shape != target[k].shape]
+    extra = [k for k in out if k not in target]
+    if unmapped or missing or wrong or extra:
+        raise ConversionError("the checkpoint does not fit the fgkd model: " + "; ".join(
+            f"{title} ({len(keys)}): {', '.join(keys[:6])}" for title, keys in
+            (("unmapped source keys", unmapped), ("fgkd keys without a source", missing),
+             ("shape mismatches", wrong), ("renamed keys fgkd does not have", extra)) if keys))
+    return out
+
+
+def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
+    """Convert ``src`` into the fgkd detector file ``out`` and return its path (see the module docstring)."""
+    from fgkd.models.convert.ultralytics import from_ultralytics
+    from fgkd.models.detectors.base import build_detector
+    from fgkd.tasks.detect import save_detector
+
+    checkpoint = read_checkpoint(src)
+    if not (isinstance(checkpoint, Mapping) and any(hasattr(checkpoint.get(k), "yaml") for k in ("ema", "model"))):
+        keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ConversionError(f"{src}: not an Ultralytics checkpoint (no 'ema'/'model' module with a yaml; top level: "
+                              f"{keys}); supported sources: Ultralytics YOLOv8 and RT-DETR-L .pt")
+    name, num_classes, class_names, state = from_ultralytics(checkpoint, model)
+    detector = build_detector(name, num_classes)
+    detector.load_state_dict(convert_state(name, state, detector.state_dict()), strict=True)
+    path = save_detector(out, detector, {"name": name, "num_classes": num_classes, "kwargs": {}}, class_names, imgsz=640)
+    print(f"converted {src} -> {path} ({name}, {num_classes} classes, {detector.num_trainable_parameters():,} "
+          f"parameters); fine-tune with model={name} model.weights={path}", flush=True)
+    return path
+
+
+def convert_state(name: str, source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """The source state dict in fgkd names for the detector ``name``."""
+    from fgkd.models.convert.ultralytics import RTDETR_L_RULES
+
+    if name.startswith("yolov8"):
+        state = map_by_order(source, target)
+    elif name == "rtdetr_l":
+        state = map_by_rules(source, target, RTDETR_L_RULES)
+    else:
+        raise ConversionError(f"no converter for {name!r} from Ultralytics checkpoints (yolov8n/s/m/l, rtdetr_l)")
+    # buffers fgkd keeps and the source does not (BatchNorm counters): the model's own values
+    return {**{k: v for k, v in target.items() if _DROPPED.search(k)}, **state}
