@@ -57,7 +57,7 @@ def test_cli_errors_exit_2_with_the_reason(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
     assert convert_main([str(tmp_path / "plain.pt"), str(tmp_path / "out.pt")]) == 2
-    assert "not an Ultralytics checkpoint" in capsys.readouterr().err
+    assert "not a checkpoint this converter reads" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -163,3 +163,35 @@ def test_ultralytics_rtdetr_l_converts_to_equal_outputs(tmp_path):
     # when they are that close (they are: random weights), so all but a couple of queries must be found
     nearest = torch.cdist(ours[0], reference[0], compute_mode="donot_use_mm_for_euclid_dist").min(1).values
     assert (nearest < 1e-4).sum() >= 298, nearest.topk(3).values
+
+
+# -- YOLOv5 v7.0 (skipped without the yolov5 package: pip install yolov5) --------------------------------------------
+@pytest.mark.parametrize("variant", ["yolov5n", "yolov5s"])
+def test_yolov5_v7_converts_to_equal_outputs(tmp_path, variant):
+    os.environ.setdefault("YOLO_OFFLINE", "True")
+    yolov5 = pytest.importorskip("yolov5")
+    from yolov5.models.yolo import DetectionModel
+
+    from fgkd.models.convert import convert
+    from fgkd.tasks.detect import load_detector
+
+    torch.manual_seed(0)
+    source = DetectionModel(os.path.join(os.path.dirname(yolov5.__file__), "models", f"{variant}.yaml"), nc=80)
+    _randomise_statistics(source)
+    with torch.no_grad():
+        source.model[-1].anchors.mul_(1.1)  # as re-fitted by AutoAnchor: the converter must carry them over
+    source = source.half().float()  # the release stores half precision; compare against what is stored
+    torch.save({"model": source.half(), "ema": None, "epoch": -1}, tmp_path / f"{variant}.pt")
+    source.float()
+    out = convert(tmp_path / f"{variant}.pt", tmp_path / "fgkd.pt")
+    detector, info = load_detector(out)
+    assert info["detector"]["name"] == variant and len(info["class_names"]) == 80
+    images = torch.rand(2, 3, 128, 160)
+    source.eval()
+    detector.eval()
+    with torch.no_grad():
+        reference = source(images)[0]  # [B, A, 5 + nc]: xywh px, σ(obj), σ(cls)
+        boxes, scores = detector.decode(detector(images))
+    xywh = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
+    torch.testing.assert_close(xywh, reference[..., :4], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(scores, reference[..., 4:5] * reference[..., 5:], atol=1e-5, rtol=1e-5)

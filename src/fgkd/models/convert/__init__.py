@@ -5,6 +5,8 @@ project's classes; that project must be importable for the conversion only, neve
 
 * **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …) and RT-DETR-L
   (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
+* **YOLOv5 v7.0** ``.pt`` (the ultralytics/yolov5 repository on ``PYTHONPATH``, or ``pip install yolov5`` with
+  its package folder on ``PYTHONPATH``): YOLOv5 n/s/m/l, anchors included (:mod:`.yolov5`).
 
 The output is a detector file (:func:`fgkd.tasks.detect.save_detector`: weights, the detector spec at the source's
 class count, the class names, imgsz 640) for ``model.weights=OUT.pt`` (class heads of another class count are
@@ -23,6 +25,9 @@ import torch
 
 INSTALL_HINTS = {
     "ultralytics": "pip install ultralytics  (in the environment used for the conversion only; fgkd never imports it)",
+    "models": "a YOLOv5 v7.0 checkpoint: put a clone of https://github.com/ultralytics/yolov5 (v7.0) on PYTHONPATH, "
+              "or pip install yolov5 and run with PYTHONPATH=\"$(python -c 'import yolov5, os; "
+              "print(os.path.dirname(yolov5.__file__))')\" (for the conversion only; fgkd never imports it)",
 }
 #: source keys with no fgkd counterpart: buffers recomputed from the config (DFL's fixed arange projection,
 #: BatchNorm counters)
@@ -93,15 +98,21 @@ def map_by_rules(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.
 def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
     """Convert ``src`` into the fgkd detector file ``out`` and return its path (see the module docstring)."""
     from fgkd.models.convert.ultralytics import from_ultralytics
+    from fgkd.models.convert.yolov5 import from_yolov5, is_yolov5
     from fgkd.models.detectors.base import build_detector
     from fgkd.tasks.detect import save_detector
 
     checkpoint = read_checkpoint(src)
-    if not (isinstance(checkpoint, Mapping) and any(hasattr(checkpoint.get(k), "yaml") for k in ("ema", "model"))):
+    module = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, Mapping) else None
+    if is_yolov5(module):
+        name, num_classes, class_names, state = from_yolov5(checkpoint, model)
+    elif hasattr(module, "yaml") and type(module).__module__.startswith("ultralytics"):
+        name, num_classes, class_names, state = from_ultralytics(checkpoint, model)
+    else:
         keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ConversionError(f"{src}: not an Ultralytics checkpoint (no 'ema'/'model' module with a yaml; top level: "
-                              f"{keys}); supported sources: Ultralytics YOLOv8 and RT-DETR-L .pt")
-    name, num_classes, class_names, state = from_ultralytics(checkpoint, model)
+        raise ConversionError(f"{src}: not a checkpoint this converter reads (no Ultralytics or YOLOv5 'ema'/'model' "
+                              f"module; top level: {keys}); supported sources: Ultralytics YOLOv8 and RT-DETR-L .pt, "
+                              "YOLOv5 v7.0 .pt")
     detector = build_detector(name, num_classes)
     detector.load_state_dict(convert_state(name, state, detector.state_dict()), strict=True)
     path = save_detector(out, detector, {"name": name, "num_classes": num_classes, "kwargs": {}}, class_names, imgsz=640)
@@ -115,11 +126,11 @@ def convert_state(name: str, source: Mapping[str, torch.Tensor], target: Mapping
     """The source state dict in fgkd names for the detector ``name``."""
     from fgkd.models.convert.ultralytics import RTDETR_L_RULES
 
-    if name.startswith("yolov8"):
+    if name.startswith(("yolov8", "yolov5")):
         state = map_by_order(source, target)
     elif name == "rtdetr_l":
         state = map_by_rules(source, target, RTDETR_L_RULES)
     else:
-        raise ConversionError(f"no converter for {name!r} from Ultralytics checkpoints (yolov8n/s/m/l, rtdetr_l)")
+        raise ConversionError(f"no converter into {name!r} (yolov8n/s/m/l, yolov5n/s/m/l, rtdetr_l)")
     # buffers fgkd keeps and the source does not (BatchNorm counters): the model's own values
     return {**{k: v for k, v in target.items() if _DROPPED.search(k)}, **state}
