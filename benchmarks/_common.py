@@ -100,11 +100,14 @@ def synthetic_batch(
 
 
 def build_module(
-    model: str, num_classes: int, device: torch.device, *, kd: str = "none", alpha: float = 0.5, seed: int = 0
+    model: str, num_classes: int, device: torch.device, *, kd: str = "none", alpha: float = 0.5, seed: int = 0,
+    channels_last: bool = True, compile: Any = False, fuse_teacher: bool = True,
 ):
     """A DetectionModule as ``fgkd.tasks.detect`` builds it; with ``kd != none`` a frozen teacher of the same
-    architecture (random weights: its cost does not depend on them)."""
+    architecture (random weights: its cost does not depend on them). The speed options as ``engine.fit`` applies
+    them (``conf/train.yaml``: channels_last on, compile off)."""
     from fgkd.lit.detection import DetectionModule
+    from fgkd.lit.speed import apply_speed_options
     from fgkd.tasks.detect import build_student
 
     cfg = model_config(model)
@@ -118,10 +121,23 @@ def build_module(
         teacher=teacher,
         kd=kd,
         alpha=alpha if kd != "none" else 0.0,
+        fuse_teacher=fuse_teacher,  # conf/kd/_base.yaml fuse_teacher: true
     )
     module.to(device)
     module.student.train()
+    notes = apply_speed_options(module, channels_last=channels_last, compile=compile, device_type=device.type)
+    if compile:
+        print(f"{model}: {', '.join(notes)}")
     return module
+
+
+def add_speed_arguments(parser: Any) -> None:
+    """``--no-channels-last`` and ``--compile [MODE]``: the ``channels_last`` / ``compile`` keys of train.yaml."""
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="NCHW convolutions (train.py channels_last=false)")
+    parser.add_argument("--compile", nargs="?", const=True, default=False,
+                        help="torch.compile the trained network (train.py compile=true|MODE); the warm-up steps "
+                             "include the compilation")
 
 
 def build_optimizer(module, batch: int, num_classes: int, dataset_size: int = 400, epochs: int = 100):

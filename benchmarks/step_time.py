@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="fp16 autocast (auto: on CUDA)")
     parser.add_argument("--breakdown", action="store_true", help="also time the pieces of the step")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
+    _common.add_speed_arguments(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     device, amp, batch = _common.setup(args)
-    module = _common.build_module(args.model, args.nc, device, kd=args.kd)
+    module = _common.build_module(args.model, args.nc, device, kd=args.kd, channels_last=args.channels_last,
+                                  compile=args.compile)
     optimizer, resolved = _common.build_optimizer(module, args.batch, args.nc)
     step = _common.TrainStep(module, optimizer, device, amp)
 

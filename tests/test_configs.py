@@ -122,3 +122,14 @@ def test_every_experiment_runs_a_tiny_fast_dev_run(tmp_path, fgkd_cache, name):
                "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_speed_keys_are_checked(compose_train):
+    from fgkd.config import ConfigError, validate
+
+    validate(compose_train("channels_last=false", "compile=reduce-overhead"))
+    with pytest.raises(ConfigError, match=r"channels_last must be true or false, got 'yes'"):
+        validate(compose_train("channels_last=yes"))
+    with pytest.raises(ConfigError, match=r"compile='fast' is not allowed; choose one of: default, reduce-overhead, "
+                                          r"max-autotune \(e.g. `python train.py compile=true`\)"):
+        validate(compose_train("compile=fast"))

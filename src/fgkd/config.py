@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 STAGES = ("full", "teacher", "student")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile modes (compile=true: default)
 
 
 class ConfigError(ValueError):
@@ -152,6 +153,13 @@ def validate(cfg: DictConfig) -> RunSettings:
         _int("seed", seed, 0)
     teacher_ckpt = _get(cfg, "teacher.ckpt", None)
     teacher_epochs = _int("teacher.epochs", _get(cfg, "teacher.epochs", epochs), 1)
+
+    channels_last = _get(cfg, "channels_last", False)
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"channels_last must be true or false, got {channels_last!r}")
+    compile_mode = _get(cfg, "compile", False)
+    if not isinstance(compile_mode, bool):
+        _choice("compile", compile_mode, COMPILE_MODES, hint="python train.py compile=true")
 
     resume = _get(cfg, "ckpt_path", None)
     if resume is not None and str(resume) != "auto" and not Path(str(resume)).expanduser().is_file():

@@ -35,6 +35,7 @@ from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.history import TrainLossesToHistory
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
+from fgkd.lit.speed import apply_speed_options
 from fgkd.lit.timing import TimeBreakdown, breakdown, format_breakdown
 from fgkd.metrics.curves import RESULTS_FILE, plot_history
 from fgkd.paths import SWEEP_GROUP_ENV
@@ -248,7 +249,10 @@ def fit(
     module = task.build_module(cfg, role, datamodule, teacher=teacher, history_path=output_dir / HISTORY_FILE)
     if ckpt_path:  # resuming this run: keep its earlier epochs
         module.history.load()
-    _announce_fit(task, cfg, role, module, output_dir, epochs)
+    speed = apply_speed_options(module, channels_last=bool(cfg.get("channels_last", False)),
+                                compile=cfg.get("compile", False),
+                                device_type="cuda" if cuda_run(cfg.trainer) else "cpu")
+    _announce_fit(task, cfg, role, module, output_dir, epochs, speed)
 
     two_stage = str(cfg.get("stage", "full")) == "full" and task.needs_teacher(cfg)
     stage = {"teacher": "teacher 1/2", "student": "student 2/2"}.get(role, role) if two_stage else role
@@ -309,13 +313,14 @@ def fit(
 
 
 def _announce_fit(task: Task, cfg: DictConfig, role: str, module: pl.LightningModule, output_dir: Path,
-                  epochs: int | None) -> None:
+                  epochs: int | None, speed: list[str]) -> None:
     """One line naming the fit: its role, model, parameter counts (frozen teachers excluded), epochs, folder."""
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     model = task.run_info(cfg, role).get("model", "?")
     print(f"[{task.name}] {role} fit: {model}, {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters, "
-          f"{epochs if epochs is not None else cfg.epochs} epochs -> {output_dir}", flush=True)
+          f"{epochs if epochs is not None else cfg.epochs} epochs" + (f" ({', '.join(speed)})" if speed else "")
+          + f" -> {output_dir}", flush=True)
 
 
 def _log_config(loggers: list[Any], cfg: DictConfig, role: str, teacher_info: Mapping[str, Any] | None) -> None:
