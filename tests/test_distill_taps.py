@@ -236,6 +236,43 @@ def _yolov8_available() -> bool:
 
 
 @pytest.mark.skipif(not _yolov8_available(), reason="yolov8n not registered yet")
+def test_early_exit_gives_the_same_features_and_skips_the_rest(detector):
+    """stop_when_complete: the forward ends after the last tap (the neck never runs), the maps are those of a
+    full forward, and the hooks are gone afterwards."""
+    detector.eval()
+    calls = []
+    detector.neck.register_forward_hook(lambda *args: calls.append("neck"))
+    names = ["backbone.p3", "backbone.p5"]
+    with torch.no_grad(), FeatureTaps(detector, names) as full:
+        detector(torch.ones(1, 3, 64, 64))
+    out = "not run"
+    with torch.no_grad(), FeatureTaps(detector, names, stop_when_complete=True) as early:
+        out = detector(torch.ones(1, 3, 64, 64))
+    assert out == "not run" and calls == ["neck"]
+    for a, b in zip(full.features, early.features, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not detector.stage3._forward_hooks and not detector.stage5._forward_hooks
+    with pytest.raises(ValueError, match="boom"), FeatureTaps(detector, names, stop_when_complete=True):
+        raise ValueError("boom")  # other exceptions still propagate
+
+
+def test_frozen_teacher_without_output_skips_neck_and_head_of_yolov8n():
+    from fgkd.distill.frozen import FrozenTeacher
+    from fgkd.models import build_detector
+
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(build_detector("yolov8n", num_classes=3))
+    ran = []
+    teacher.model.head.register_forward_hook(lambda *args: ran.append("head"))
+    images = torch.rand(2, 3, 64, 64)
+    raw, full = teacher.forward(images, teacher.model.default_taps)
+    assert raw is not None and ran == ["head"]
+    raw, early = teacher.forward(images, teacher.model.default_taps, need_output=False)
+    assert raw is None and ran == ["head"]
+    for a, b in zip(full, early, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_feature_taps_on_yolov8n_default_taps_have_their_strides():
     from fgkd.models import build_detector
 

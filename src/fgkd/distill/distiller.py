@@ -92,7 +92,8 @@ class Distiller(nn.Module):
     def forward(self, student: nn.Module, student_raw: Any, student_taps: FeatureTaps | None,
                 teacher_images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(Σ terms, {pair name: term})`` for one batch; the teacher sees ``teacher_images``."""
-        teacher_raw, teacher_feats = self.teacher.forward(teacher_images, self.teacher_taps or None)
+        teacher_raw, teacher_feats = self.teacher.forward(teacher_images, self.teacher_taps or None,
+                                                          need_output=self.loss.uses_logits)
         if self.loss.uses_logits:
             pairs = [student.kd_logits(student_raw)], [self.teacher.model.kd_logits(teacher_raw)]
         else:

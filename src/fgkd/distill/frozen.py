@@ -35,12 +35,18 @@ class FrozenTeacher:
     def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTeacher:
         return self
 
-    def forward(self, images: torch.Tensor, tap_names: Sequence[str] | None = None) -> tuple[Any, list[torch.Tensor]]:
-        """``(raw, tapped features)`` for ``images``, in eval mode and without autograd."""
+    def forward(self, images: torch.Tensor, tap_names: Sequence[str] | None = None,
+                need_output: bool = True) -> tuple[Any, list[torch.Tensor]]:
+        """``(raw, tapped features)`` for ``images``, in eval mode and without autograd.
+
+        ``need_output=False`` (feature KD): the forward stops once the last tap fired, ``raw`` is None. With
+        backbone taps a YOLO teacher then skips its neck and head, ~half of its forward (the KD step's only
+        addition; benchmarks/kd_overhead.py)."""
         self.model.eval()  # defensive: nothing may have switched it back to train mode
         with torch.no_grad():
             if tap_names:
-                with FeatureTaps(self.model, tap_names) as taps:
+                raw = None
+                with FeatureTaps(self.model, tap_names, stop_when_complete=not need_output) as taps:
                     raw = self.model(images)
                 return raw, taps.features
             return self.model(images), []

@@ -26,6 +26,9 @@ Policies (ecosystem.md §4.3, kd_losses.md §6.4.6):
 * **AMP.** Tensors are recorded as produced (fp16/bf16 under autocast); the KD losses cast to fp32.
 * **Teacher.** Run it under ``torch.no_grad()``, not ``torch.inference_mode()``: inference tensors cannot be
   saved for the student's backward (ecosystem.md §3.3); the version check is skipped for them.
+* **Early exit.** ``stop_when_complete=True`` ends the forward as soon as every tap has fired (the last hook
+  raises :class:`TapsComplete`, which the context swallows): a frozen teacher whose maps are all in the
+  backbone then skips its neck and head. The model's output is not produced; use it for feature taps only.
 * Hooks are removed on exit, also when the forward raised. Activation checkpointing re-runs forwards in
   backward: leave the context before ``backward()``.
 """
@@ -39,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FeatureTaps", "probe_channels", "probe_shapes", "select_taps", "tap_geometry", "unwrap_model"]
+__all__ = ["FeatureTaps", "TapsComplete", "probe_channels", "probe_shapes", "select_taps", "tap_geometry", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -90,6 +93,10 @@ def _resolve(
     return modules
 
 
+class TapsComplete(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by the last tap of a ``FeatureTaps(..., stop_when_complete=True)`` to end the forward early."""
+
+
 class FeatureTaps:
     """Context manager recording the outputs of the modules named ``names`` during one forward pass.
 
@@ -98,6 +105,7 @@ class FeatureTaps:
         names: tap names (keys of ``model.taps``) or module paths; ``features`` follows this order.
         module_paths: optional explicit ``{name: module path}`` mapping, used instead of ``model.taps``.
         clone: record a copy of each output (safe against later in-place ops) instead of the tensor itself.
+        stop_when_complete: end the forward once every tap fired (see "Early exit" above).
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class FeatureTaps:
         names: Sequence[str],
         module_paths: Mapping[str, str] | None = None,
         clone: bool = False,
+        stop_when_complete: bool = False,
     ) -> None:
         if isinstance(names, str):
             raise TypeError(f"names must be a list of tap names, got the string {names!r}; use [{names!r}]")
@@ -118,6 +127,7 @@ class FeatureTaps:
         self.model = unwrap_model(model)
         self.names = names
         self.clone = clone
+        self.stop_when_complete = stop_when_complete
         self._modules = _resolve(self.model, names, module_paths)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._records: dict[str, torch.Tensor] = {}
@@ -141,6 +151,8 @@ class FeatureTaps:
             self._records[name] = output
             # Inference tensors have no version counter; they are never modified in place by autograd code.
             self._versions[name] = None if output.is_inference() else output._version
+            if self.stop_when_complete and len(self._records) == len(self.names):
+                raise TapsComplete
 
         return hook
 
@@ -161,8 +173,9 @@ class FeatureTaps:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         self.remove()
+        return exc_type is TapsComplete  # the early exit asked for; anything else propagates
 
     def remove(self) -> None:
         """Remove the hooks (idempotent); the records stay readable."""

@@ -161,7 +161,7 @@ def detection_media(module: Any, sample: Mapping[str, Any], conf: float = 0.25) 
         with distiller.record(module.student) as taps:
             module.student(student_view)
         _, teacher_feats = distiller.teacher.forward(batch_images(sample, module.teacher_view).to(device),
-                                                     distiller.teacher_taps)
+                                                     distiller.teacher_taps, need_output=False)
         mapped = apply_connectors(distiller.connectors, taps.features)
         for name, s, t in zip(distiller.names, mapped, teacher_feats, strict=True):
             similarity = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=1).cpu().numpy()
