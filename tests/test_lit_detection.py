@@ -285,6 +285,35 @@ def test_ramp_ema_decay_and_update():
     assert torch.equal(ramp(counts, torch.tensor([7]), 1), torch.tensor([7]))
 
 
+def test_ramp_ema_foreach_update_equals_the_formula_over_many_steps():
+    """``RampEMA.multi`` (what YoloEMA runs, in place, foreach) = the per-tensor formula, step after step, and an
+    AveragedModel with it matches a hand-rolled EMA of a model whose weights change every step."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from fgkd.lit.callbacks import RampEMA
+
+    ramp = RampEMA(decay=0.9, tau=3.0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    averaged = AveragedModel(model, multi_avg_fn=ramp.multi, use_buffers=True)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked += 1
+        averaged.update_parameters(model)
+        d = ramp.decay_at(step + 1.0)  # num_averaged = step: updates = step + 1 (the first update copies)
+        for key, value in model.state_dict().items():
+            if step == 0 or not value.is_floating_point():
+                reference[key] = value.clone()
+            else:
+                reference[key] = reference[key] * d + value * (1 - d)
+    for key, value in averaged.module.state_dict().items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-6, atol=1e-6, msg=key)
+
+
 # -- validation metrics -----------------------------------------------------------------------------------
 @needs_yolo
 def test_validation_logs_exactly_the_five_metrics_and_per_class_ap(tmp_path):
