@@ -104,7 +104,7 @@ def build_datamodule(args: argparse.Namespace, root: Path, cache_dir: Path):
 
     from fgkd.tasks.detect import DetectTask
 
-    overrides = [f"data=yolo", f"data.root={root}", f"imgsz={args.imgsz}", f"batch_size={args.batch}",
+    overrides = ["data=yolo", f"data.root={root}", f"imgsz={args.imgsz}", f"batch_size={args.batch}",
                  f"num_workers={args.workers}", f"preprocess={args.preprocess}", "kd=cs", f"model={args.model}",
                  f"paths.cache_dir={cache_dir}", "data.pin_memory=false"]
     GlobalHydra.instance().clear()
@@ -120,10 +120,10 @@ def build_datamodule(args: argparse.Namespace, root: Path, cache_dir: Path):
 def read_epoch(loader) -> tuple[float, int, dict]:
     """Seconds to read every batch of one epoch, the batch count and the last batch."""
     start = time.perf_counter()
-    count, batch = 0, None
-    for batch in loader:
-        count += 1
-    return time.perf_counter() - start, count, batch
+    count, last = 0, None
+    for item in loader:
+        count, last = count + 1, item
+    return time.perf_counter() - start, count, last
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -159,11 +159,9 @@ def main(argv: list[str] | None = None) -> float:
         module = _common.build_module(args.model, datamodule.num_classes, device, kd="cs")
         optimizer, _ = _common.build_optimizer(module, args.batch, datamodule.num_classes)
         step = _common.TrainStep(module, optimizer, device, amp=False)
-        on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        full = {k: v for k, v in on_device.items()}
-        if full["images"].shape[0] != args.batch:  # the epoch's last, partial batch: time a full one
-            _, _, full_batch = read_epoch(datamodule.train_dataloader())
-            full = {k: v.to(device) if torch.is_tensor(v) else v for k, v in full_batch.items()}
+        if batch["images"].shape[0] != args.batch:  # the epoch's last, partial batch: time a full one
+            batch = next(iter(datamodule.train_dataloader()))
+        full = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         step.run(full)
         step_seconds = statistics.median(step.timed(full) for _ in range(args.steps))
 
