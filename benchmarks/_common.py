@@ -200,6 +200,28 @@ class TrainStep:
         return time.perf_counter() - start
 
 
+def alternate(runs: dict[str, Callable[[], float]], warmup: int, steps: int, verbose: bool = False) -> dict[str, list[float]]:
+    """Seconds of each measured call of every ``runs[name]()``, the runs alternating in ABBA order (no run
+    always goes first, so machine load and clock drift hit all alike); the first ``warmup`` rounds are dropped."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for index in range(warmup + steps):
+        order = list(runs) if index % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            seconds = runs[name]()
+            if index >= warmup:
+                times[name].append(seconds)
+        if verbose and index >= warmup:
+            print(f"  step {index + 1}/{warmup + steps}: "
+                  + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in runs), flush=True)
+    return times
+
+
+def ratios(times: dict[str, list[float]], over: str, under: str) -> tuple[float, float]:
+    """``(median over / median under, median of the paired per-round ratios)``."""
+    paired = statistics.median(a / b for a, b in zip(times[over], times[under], strict=True))
+    return statistics.median(times[over]) / statistics.median(times[under]), paired
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {

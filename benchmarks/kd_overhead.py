@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -75,17 +74,10 @@ def main(argv: list[str] | None = None) -> float:
         steps[mode] = _common.TrainStep(module, optimizer, device, amp)
     assert steps["kd"].module.distills and not steps["base"].module.distills
 
-    times: dict[str, list[float]] = {mode: [] for mode in steps}
-    for index in range(args.warmup + args.steps):
-        order = list(steps) if index % 2 == 0 else list(steps)[::-1]  # ABBA: no mode always goes first
-        for mode in order:
-            seconds = steps[mode].timed(batch)
-            if index >= args.warmup:
-                times[mode].append(seconds)
-
+    times = _common.alternate({mode: (lambda step=step: step.timed(batch)) for mode, step in steps.items()},
+                              args.warmup, args.steps)
     stats = {mode: _common.summary(values) for mode, values in times.items()}
-    ratio = stats["kd"]["median"] / stats["base"]["median"]
-    paired = statistics.median(k / b for k, b in zip(times["kd"], times["base"], strict=True))
+    ratio, paired = _common.ratios(times, "kd", "base")
 
     print(
         f"kd_overhead: model={args.model} imgsz={args.imgsz} batch={args.batch} kd={args.kd} alpha={args.alpha} "
@@ -100,8 +92,7 @@ def main(argv: list[str] | None = None) -> float:
     _common.print_table(rows, ["step", "median ms", "p10 ms", "p90 ms", "images/s"])
     print(f"median of paired ratios kd/base: {paired:.3f}; target kd_over_base <= {TARGET}")
     if "kd_unfused" in stats:
-        unfused = stats["kd_unfused"]["median"] / stats["base"]["median"]
-        unfused_paired = statistics.median(k / b for k, b in zip(times["kd_unfused"], times["base"], strict=True))
+        unfused, unfused_paired = _common.ratios(times, "kd_unfused", "base")
         print(f"kd_unfused_over_base={unfused:.4f} (median of paired ratios {unfused_paired:.3f})")
 
     if args.breakdown:

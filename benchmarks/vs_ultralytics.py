@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -168,21 +167,10 @@ def main(argv: list[str] | None = None) -> float | None:
     ul_batch = ultralytics_batch(batch, args.imgsz)
     fgkd_params = sum(p.numel() for p in module.student.parameters() if p.requires_grad)
 
-    steps = {"fgkd": (fgkd, batch), "ultralytics": (ul, ul_batch)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for index in range(args.warmup + args.steps):
-        order = list(steps) if index % 2 == 0 else list(steps)[::-1]  # ABBA
-        for name in order:
-            step, data = steps[name]
-            seconds = step.timed(data)
-            if index >= args.warmup:
-                times[name].append(seconds)
-        print(f"  step {index + 1}/{args.warmup + args.steps}: "
-              + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in steps if index >= args.warmup), flush=True)
-
+    times = _common.alternate({"fgkd": lambda: fgkd.timed(batch), "ultralytics": lambda: ul.timed(ul_batch)},
+                              args.warmup, args.steps, verbose=True)
     stats = {name: _common.summary(values) for name, values in times.items()}
-    ratio = stats["fgkd"]["median"] / stats["ultralytics"]["median"]
-    paired = statistics.median(f / u for f, u in zip(times["fgkd"], times["ultralytics"], strict=True))
+    ratio, paired = _common.ratios(times, "fgkd", "ultralytics")
     print(
         f"vs_ultralytics: model={args.model} imgsz={args.imgsz} batch={args.batch} nc={args.nc} "
         f"device={_common.device_label(device)} fp32 optimizer=AdamW(lr={resolved.lr:g}) "
