@@ -5,6 +5,10 @@ project's classes; that project must be importable for the conversion only, neve
 
 * **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …) and RT-DETR-L
   (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
+* **RT-DETR r18 / r50**, official (Apache-2.0) weights as plain tensors, no package needed (:mod:`.rtdetr`): the
+  ``lyuwenyu/RT-DETR`` ``rtdetr_pytorch`` release ``.pth`` (``rtdetr_r18vd_dec3_6x_coco_from_paddle.pth``,
+  ``rtdetr_r50vd_6x_coco_from_paddle.pth``), or the same model from Hugging Face transformers (a folder with
+  ``config.json`` and ``model.safetensors``, e.g. ``PekingU/rtdetr_r18vd``, or the weights file itself).
 * **YOLOv5 v7.0** ``.pt`` (the ultralytics/yolov5 repository on ``PYTHONPATH``, or ``pip install yolov5`` with
   its package folder on ``PYTHONPATH``): YOLOv5 n/s/m/l, anchors included (:mod:`.yolov5`).
 
@@ -29,6 +33,17 @@ INSTALL_HINTS = {
               "or pip install yolov5 and run with PYTHONPATH=\"$(python -c 'import yolov5, os; "
               "print(os.path.dirname(yolov5.__file__))')\" (for the conversion only; fgkd never imports it)",
 }
+#: the 80 COCO classes in the contiguous order of detectors trained on COCO (names for checkpoints without any)
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
 #: source keys with no fgkd counterpart: buffers recomputed from the config (DFL's fixed arange projection,
 #: BatchNorm counters)
 _DROPPED = re.compile(r"(\.dfl\.conv\.weight$|num_batches_tracked$)")
@@ -97,14 +112,22 @@ def map_by_rules(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.
 
 def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
     """Convert ``src`` into the fgkd detector file ``out`` and return its path (see the module docstring)."""
+    from fgkd.models.convert.rtdetr import from_rtdetr, is_rtdetr_state, official_state, read_hf
     from fgkd.models.convert.ultralytics import from_ultralytics
     from fgkd.models.convert.yolov5 import from_yolov5, is_yolov5
-    from fgkd.models.detectors.base import build_detector
-    from fgkd.tasks.detect import save_detector
 
-    checkpoint = read_checkpoint(src)
+    path = Path(src).expanduser()
+    if path.is_dir() or path.suffix == ".safetensors":
+        state, names = read_hf(path)
+        name, num_classes, class_names, state = from_rtdetr(state, "hf", model, names)
+        return _save(src, out, name, num_classes, class_names, state)
+    checkpoint = read_checkpoint(path)
     module = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, Mapping) else None
-    if is_yolov5(module):
+    if official_state(checkpoint) is not None:
+        name, num_classes, class_names, state = from_rtdetr(official_state(checkpoint), "official", model)
+    elif is_rtdetr_state(checkpoint) == "hf":  # a transformers pytorch_model.bin
+        name, num_classes, class_names, state = from_rtdetr(checkpoint, "hf", model)
+    elif is_yolov5(module):
         name, num_classes, class_names, state = from_yolov5(checkpoint, model)
     elif hasattr(module, "yaml") and type(module).__module__.startswith("ultralytics"):
         name, num_classes, class_names, state = from_ultralytics(checkpoint, model)
@@ -112,7 +135,16 @@ def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
         keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ConversionError(f"{src}: not a checkpoint this converter reads (no Ultralytics or YOLOv5 'ema'/'model' "
                               f"module; top level: {keys}); supported sources: Ultralytics YOLOv8 and RT-DETR-L .pt, "
-                              "YOLOv5 v7.0 .pt")
+                              "YOLOv5 v7.0 .pt, RT-DETR r18/r50 .pth (rtdetr_pytorch) or transformers folders")
+    return _save(src, out, name, num_classes, class_names, state)
+
+
+def _save(src: str | Path, out: str | Path, name: str, num_classes: int, class_names: list[str],
+          state: Mapping[str, torch.Tensor]) -> Path:
+    """Load the converted ``state`` into a fresh fgkd detector (strict, checked) and write the detector file."""
+    from fgkd.models.detectors.base import build_detector
+    from fgkd.tasks.detect import save_detector
+
     detector = build_detector(name, num_classes)
     detector.load_state_dict(convert_state(name, state, detector.state_dict()), strict=True)
     path = save_detector(out, detector, {"name": name, "num_classes": num_classes, "kwargs": {}}, class_names, imgsz=640)
@@ -130,7 +162,9 @@ def convert_state(name: str, source: Mapping[str, torch.Tensor], target: Mapping
         state = map_by_order(source, target)
     elif name == "rtdetr_l":
         state = map_by_rules(source, target, RTDETR_L_RULES)
+    elif name in ("rtdetr_r18", "rtdetr_r50"):  # renamed already (fgkd.models.convert.rtdetr); checked here
+        state = map_by_rules(source, target, [(r"(.+)", r"\1")])
     else:
-        raise ConversionError(f"no converter into {name!r} (yolov8n/s/m/l, yolov5n/s/m/l, rtdetr_l)")
+        raise ConversionError(f"no converter into {name!r} (yolov8n/s/m/l, yolov5n/s/m/l, rtdetr_l, rtdetr_r18/r50)")
     # buffers fgkd keeps and the source does not (BatchNorm counters): the model's own values
     return {**{k: v for k, v in target.items() if _DROPPED.search(k)}, **state}
