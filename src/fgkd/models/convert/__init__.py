@@ -1,7 +1,7 @@
 """Convert official checkpoints into fgkd detector files (``python -m fgkd.models.convert SRC OUT.pt``).
 
-Sources (each is read with ``torch.load(weights_only=False)``, because these checkpoints pickle their own
-project's classes; that project must be importable for the conversion only, never for fgkd itself):
+Sources (``.pt``/``.pth`` files are read with ``torch.load(weights_only=False)``, because most of them pickle their
+own project's classes; that project must be importable for the conversion only, never for fgkd itself):
 
 * **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …) and RT-DETR-L
   (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
