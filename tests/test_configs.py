@@ -93,6 +93,22 @@ def test_model_and_data_declare_their_task_and_a_mismatch_lists_the_valid_option
         validate(compose_train("task=anomaly", "data=synthpipes"))
 
 
+def test_dev_scale_keeps_yolov6_lr0_unscaled_and_paper_scales_it_by_batch_over_32(compose_train):
+    from fgkd.lit.optim import Recipe, resolve_optimizer
+    from fgkd.tasks.detect import DetectTask, recipe_for_init
+
+    def lr(*overrides: str) -> float:
+        cfg = compose_train("model=yolov6s", *overrides)
+        recipe = Recipe.from_config(recipe_for_init({**DetectTask().model_config(cfg, "student"),
+                                                     "recipe": DetectTask().recipe(cfg, "student")}))
+        return resolve_optimizer(recipe, num_classes=3, batch_size=cfg.batch_size, accumulate=1, epochs=30,
+                                 dataset_size=96).lr, cfg.batch_size
+
+    assert lr() == (pytest.approx(0.01), 8)  # scratch lr0 of yolov6s at batch 8: no batch / 32 factor at scale=dev
+    paper_lr, paper_batch = lr("scale=paper")
+    assert paper_lr == pytest.approx(0.01 * paper_batch / 32)  # the reference engine's scaling
+
+
 def test_heterogeneous_teacher_is_chosen_from_the_model_group(compose_train):
     from fgkd.config import ConfigError, validate
     from fgkd.tasks.detect import DetectTask
