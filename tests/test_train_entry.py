@@ -183,11 +183,13 @@ def test_train_py_subprocess_prints_the_five_metrics_and_writes_metrics_json(tmp
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_spawn_on_cpu_writes_metrics(compose_train, tmp_path):
-    """trainer=ddp_cpu (2 gloo processes via ddp_spawn): the best metrics come back through val_history.json."""
+@pytest.mark.parametrize("model", [(), ("model=rtdetr_r18", "imgsz=128")], ids=["default", "rtdetr_r18"])
+def test_ddp_spawn_on_cpu_writes_metrics(compose_train, tmp_path, model):
+    """trainer=ddp_cpu (2 gloo processes via ddp_spawn): the best metrics come back through val_history.json; also
+    for RT-DETR, whose denoising embedding must get a gradient on every rank."""
     from fgkd.pipeline import run
 
-    cfg = compose_train(*TINY, "trainer=ddp_cpu", output_dir=tmp_path / "ddp")
+    cfg = compose_train(*TINY, "trainer=ddp_cpu", *model, output_dir=tmp_path / "ddp")
     result = run(cfg)
     payload = _read_metrics(tmp_path / "ddp")
     assert payload["epoch"] == 0 and set(FIVE) <= set(result.metrics)
