@@ -127,3 +127,25 @@ def test_a_stopped_run_saves_progress_and_exits_non_zero(tmp_path, tiny_synthpip
     assert proc.returncode == code, out[-2000:]
     assert f"stopped by {what}" in out and "ckpt_path=auto" in out
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()
+
+
+def test_the_first_ctrl_c_asks_the_trainer_to_stop_and_the_second_interrupts():
+    """Ctrl-C under load could land where Python ignores KeyboardInterrupt (a run kept training in CI); the first
+    one is now a stop request at the next batch boundary, the second the usual KeyboardInterrupt."""
+    import signal
+    from types import SimpleNamespace
+
+    from fgkd.lit.interrupt import stop_on_ctrl_c
+
+    before = signal.getsignal(signal.SIGINT)
+    trainer = SimpleNamespace(world_size=1, should_stop=False)
+    with stop_on_ctrl_c(trainer) as request:
+        signal.raise_signal(signal.SIGINT)
+        assert request.requested and trainer.should_stop
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    spawned = SimpleNamespace(world_size=2, should_stop=False)
+    with stop_on_ctrl_c(spawned) as request, pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # DDP: Lightning's own handling, untouched
+    assert not request.requested and signal.getsignal(signal.SIGINT) is before

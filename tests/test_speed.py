@@ -60,11 +60,12 @@ def worst_gradient_error(result, reference) -> float:
 def assert_same(nchw, nhwc, fp64, name: str) -> None:
     """The NHWC fp32 result is as close to the fp64 result as the NCHW fp32 one. At random init with 2 tiny
     images, BatchNorm over a few values amplifies fp32 rounding to ~1 % in some gradients whatever the memory
-    format; a wrong NHWC computation would be far off."""
+    format; a wrong NHWC computation would be far off (O(1)). The floor 1e-3: NHWC kernels round differently per
+    CPU (on one 2-core Xeon here NCHW 0.8e-4, NHWC 2.5e-4 of the gradient scale), so 3 × NCHW alone is no bound."""
     torch.testing.assert_close(nhwc[0].double(), fp64[0].double(), rtol=1e-4, atol=1e-5, msg=f"{name}: loss changed")
     torch.testing.assert_close(nchw[0].double(), fp64[0].double(), rtol=1e-4, atol=1e-5)
     baseline = worst_gradient_error(nchw, fp64)
-    assert worst_gradient_error(nhwc, fp64) <= max(3 * baseline, 1e-4), f"{name}: gradients changed"
+    assert worst_gradient_error(nhwc, fp64) <= max(3 * baseline, 1e-3), f"{name}: gradients changed"
 
 
 def double(batch: dict) -> dict:

@@ -33,6 +33,7 @@ from fgkd.config import to_plain
 from fgkd.io import atomic_write_json, read_json
 from fgkd.lit.checkpoint_io import AtomicCheckpointIO, loadable_checkpoint
 from fgkd.lit.history import TrainLossesToHistory
+from fgkd.lit.interrupt import stop_on_ctrl_c
 from fgkd.lit.optim import Recipe, accumulate_steps
 from fgkd.lit.progress import EpochLines, StageProgressBar
 from fgkd.lit.speed import apply_speed_options
@@ -268,7 +269,10 @@ def fit(
         warnings.filterwarnings("ignore", message=".*module.* in eval mode at the start of training.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            with stop_on_ctrl_c(trainer) as ctrl_c:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            if ctrl_c.requested:
+                _stopped(trainer, output_dir, "Ctrl-C", 130)
         except SIGTERMException:
             # Lightning stops on SIGTERM (a scheduler's preemption) by raising SystemExit() - exit code 0, as if
             # the run had finished. Keep the progress and exit 143 (128 + SIGTERM) so callers see the stop.
