@@ -101,8 +101,8 @@ def _randomise_statistics(model: torch.nn.Module) -> None:
                 module.bias.uniform_(-0.2, 0.2)
 
 
-@pytest.mark.parametrize("variant", ["yolov8n", "yolov8s"])
-def test_ultralytics_yolov8_converts_to_equal_outputs(tmp_path, variant):
+@pytest.mark.parametrize("variant", ["yolov8n", "yolov8s", "yolov5nu", "yolov5su"])
+def test_ultralytics_yolov8_and_yolov5u_convert_to_equal_outputs(tmp_path, variant):
     _ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 

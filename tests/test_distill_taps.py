@@ -289,7 +289,8 @@ def test_feature_taps_on_yolov8n_default_taps_have_their_strides():
     assert probe_channels(model, names) == [f.shape[1] for f in taps.features]
 
 
-@pytest.mark.parametrize("name", ["yolov6n", "yolov6s", "yolov6m", "yolov6l", "yolov8n", "yolov8s", "yolov8m", "yolov8l"])
+@pytest.mark.parametrize("name", ["yolov6n", "yolov6s", "yolov6m", "yolov6l", "yolov8n", "yolov8s", "yolov8m", "yolov8l",
+                                  "yolov5nu", "yolov5lu"])
 def test_declared_tap_channels_and_strides_match_a_forward(name):
     """TapInfo (like timm's feature_info) is what connectors are built from: it must equal the real maps."""
     from fgkd.models import build_detector

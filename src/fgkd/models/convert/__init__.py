@@ -3,7 +3,7 @@
 Sources (``.pt``/``.pth`` files are read with ``torch.load(weights_only=False)``, because most of them pickle their
 own project's classes; that project must be importable for the conversion only, never for fgkd itself):
 
-* **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …) and RT-DETR-L
+* **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …), YOLOv5u (``yolov5su.pt``) and RT-DETR-L
   (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
 * **RT-DETR r18 / r50**, official (Apache-2.0) weights as plain tensors, no package needed (:mod:`.rtdetr`): the
   ``lyuwenyu/RT-DETR`` ``rtdetr_pytorch`` release ``.pth`` (``rtdetr_r18vd_dec3_6x_coco_from_paddle.pth``,

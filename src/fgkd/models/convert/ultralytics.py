@@ -1,7 +1,8 @@
-"""Ultralytics checkpoints (``yolov8n.pt`` … ``yolov8l.pt``, ``rtdetr-l.pt``) -> fgkd state dicts.
+"""Ultralytics checkpoints (``yolov8n.pt`` … ``yolov8l.pt``, ``yolov5nu.pt`` … ``yolov5lu.pt``, ``rtdetr-l.pt``) -> fgkd
+state dicts.
 
-The Ultralytics layer list is ``model.<i>`` in yaml order (detectors.md §3.1, §3.4). YOLOv8's tensors come in the
-same order as fgkd's ``backbone``/``neck``/``head`` (so they are paired by order, shapes checked); RT-DETR-L's neck
+The Ultralytics layer list is ``model.<i>`` in yaml order (detectors.md §3.1, §3.4). YOLOv8's and YOLOv5u's tensors
+come in the same order as fgkd's ``backbone``/``neck``/``head`` (so they are paired by order, shapes checked); RT-DETR-L's neck
 is registered in another order than fgkd's ``HybridEncoder``, so it is renamed by the rules below (yaml layer ->
 fgkd module): L0-9 HGNetv2 -> ``backbone.layers``; L10/L14/L19 input projections of P5/P4/P3; L11 AIFI; L12/L17
 lateral convs; L16/L21 top-down RepC3, L24/L27 bottom-up RepC3 (``cv1``/``cv2`` -> ``conv1``/``conv2``, RepConv
@@ -38,7 +39,7 @@ RTDETR_L_RULES: list[tuple[str, str]] = [
     (r"model\.28\.((?:denoising_class_embed|query_pos_head|enc_output|enc_score_head|enc_bbox_head|dec_score_head|"
      r"dec_bbox_head)\..+)", r"decoder.\1"),
 ]
-_VARIANT = re.compile(r"(yolov8[nslmx]|rtdetr-[lx])")
+_VARIANT = re.compile(r"(yolov8[nslmx]|yolov5[nslmx]u|rtdetr-[lx])")
 
 
 def from_ultralytics(checkpoint: Mapping[str, Any], model: str | None = None
@@ -56,10 +57,12 @@ def from_ultralytics(checkpoint: Mapping[str, Any], model: str | None = None
         variant = found.group(1)
         if variant.startswith("yolov8") and scale and not variant.endswith(str(scale)):
             variant = f"yolov8{scale}"
+        elif variant.startswith("yolov5") and scale and variant[6] != str(scale):
+            variant = f"yolov5{scale}u"
         model = variant.replace("rtdetr-", "rtdetr_")
-    if model not in ("yolov8n", "yolov8s", "yolov8m", "yolov8l", "rtdetr_l"):
-        raise ConversionError(f"--model {model}: Ultralytics checkpoints convert to yolov8n/s/m/l or rtdetr_l "
-                              "(YOLOv5u's anchor-free head and the x sizes have no fgkd counterpart)")
+    if model not in {*(f"yolov8{s}" for s in "nsml"), *(f"yolov5{s}u" for s in "nsml"), "rtdetr_l"}:
+        raise ConversionError(f"--model {model}: Ultralytics checkpoints convert to yolov8n/s/m/l, yolov5nu/su/mu/lu "
+                              "or rtdetr_l (the x sizes have no fgkd counterpart)")
     names = getattr(module, "names", None) or {}
     class_names = [names[i] for i in sorted(names)] if isinstance(names, Mapping) else list(names)
     num_classes = int(yaml.get("nc") or len(class_names))

@@ -228,6 +228,7 @@ class YOLOv8(Detector):
     """YOLOv8 detector (one size = one ``(depth, width, max_channels)`` triple)."""
 
     family = "yolov8"
+    scales = SCALES
     loss_reduction = "sum"  # detectors.md §3: the reference returns loss * batch_size
     #: tap name -> (module path, output stride); the channels come from the size (``_declare_taps``)
     TAP_POINTS = {
@@ -256,11 +257,11 @@ class YOLOv8(Detector):
         min_candidate_size: float = 0.0,
     ) -> None:
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"unknown YOLOv8 scale {scale!r}; choose one of {sorted(SCALES)}")
+        if scale not in self.scales:
+            raise ValueError(f"unknown {type(self).__name__} scale {scale!r}; choose one of {sorted(self.scales)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        depth, width, max_channels = SCALES[scale]
+        depth, width, max_channels = self.scales[scale]
         self.scale = scale
         self.num_classes = num_classes
         self.bins = DFL_BINS
@@ -269,14 +270,19 @@ class YOLOv8(Detector):
             box_gain=box_gain, cls_gain=cls_gain, dfl_gain=dfl_gain, topk=topk, alpha=alpha, beta=beta,
             min_candidate_size=min_candidate_size,
         )
-        self.backbone = YOLOv8Backbone(depth, width, max_channels)
-        self.neck = YOLOv8Neck(self.backbone.out_channels, depth, width, max_channels)
+        self.backbone, self.neck = self.build_trunk(depth, width, max_channels)
         self.head = YOLOv8Head(self.neck.out_channels, num_classes, DFL_BINS, STRIDES)
         channels = dict(zip(self.TAP_POINTS, (*self.backbone.stage_channels, *self.neck.out_channels), strict=True))
         self.taps = {name: TapInfo(path, channels[name], stride) for name, (path, stride) in self.TAP_POINTS.items()}
         # YOLOv8Loss, built on the first loss() call; held in a plain dict so it never becomes part of the
         # module tree (no state_dict entries, nothing for optimizers/EMA to see).
         self._criterion: dict[str, Any] = {}
+
+    @staticmethod
+    def build_trunk(depth: float, width: float, max_channels: int) -> tuple[nn.Module, nn.Module]:
+        """``(backbone, neck)`` of one size (YOLOv5u swaps in the YOLOv5 ones); registration order = yaml order."""
+        backbone = YOLOv8Backbone(depth, width, max_channels)
+        return backbone, YOLOv8Neck(backbone.out_channels, depth, width, max_channels)
 
     def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Raw per-level head maps ``[B, 4*bins + nc, H/s, W/s]`` for s in (8, 16, 32)."""
