@@ -195,3 +195,42 @@ def test_yolov5_v7_converts_to_equal_outputs(tmp_path, variant):
     xywh = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
     torch.testing.assert_close(xywh, reference[..., :4], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(scores, reference[..., 4:5] * reference[..., 5:], atol=1e-5, rtol=1e-5)
+
+
+# -- YOLOv6 0.4.0 (skipped without the yolov6 package: a meituan/YOLOv6 clone on PYTHONPATH, or pip install yolov6detect)
+@pytest.mark.parametrize(("variant", "head"), [("yolov6n", {}), ("yolov6s", {"fuse_ab": True}),
+                                               ("yolov6s", {"distill_ns": True}), ("yolov6m", {"fuse_ab": True})],
+                         ids=["n-plain", "s-fuse_ab", "s-distill_ns", "m-fuse_ab"])
+def test_yolov6_release_converts_to_equal_outputs(tmp_path, variant, head):
+    pytest.importorskip("yolov6.models.yolo")
+    import yolov6
+    from yolov6.models.yolo import build_model
+    from yolov6.utils.config import Config
+
+    from fgkd.models.convert import convert
+    from fgkd.tasks.detect import load_detector
+
+    config = Config.fromfile(os.path.join(os.path.dirname(yolov6.__file__), "configs", f"{variant}.py"))
+    config.training_mode = "repvgg"  # tools/train.py's default for n/s/m
+    torch.manual_seed(0)
+    source = build_model(config, 80, "cpu", **head)
+    _randomise_statistics(source)
+    with torch.no_grad():
+        for name, param in source.detect.named_parameters():
+            if "preds" in name and name.endswith("weight"):
+                torch.nn.init.normal_(param, std=0.01)  # the reference zero-initialises them: outputs would be equal trivially
+    source = source.half().float()  # the release stores half precision; compare against what is stored
+    torch.save({"model": source.half(), "ema": None, "updates": None, "optimizer": None, "epoch": -1},
+               tmp_path / f"{variant}.pt")
+    source.float().eval()
+    detector, info = load_detector(convert(tmp_path / f"{variant}.pt", tmp_path / "fgkd.pt"))
+    assert info["detector"]["name"] == variant and info["class_names"][0] == "person"
+    detector.eval()
+    images = torch.rand(2, 3, 128, 160)
+    with torch.no_grad():
+        reference = source(images)
+        reference = reference[0] if isinstance(reference, (tuple, list)) else reference  # [B, A, 5 + nc], obj = 1
+        boxes, scores = detector.decode(detector(images))
+    xywh = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
+    torch.testing.assert_close(xywh, reference[..., :4], atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(scores, reference[..., 5:], atol=1e-5, rtol=1e-5)

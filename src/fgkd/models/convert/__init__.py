@@ -5,6 +5,8 @@ own project's classes; that project must be importable for the conversion only, 
 
 * **Ultralytics** ``.pt`` (``pip install ultralytics``): YOLOv8 n/s/m/l (``yolov8s.pt`` …), YOLOv5u (``yolov5su.pt``) and RT-DETR-L
   (``rtdetr-l.pt``). The checkpoint's ``ema`` (or ``model``) module is the source; its yaml names the variant.
+* **YOLOv6 0.4.0** ``.pt`` (meituan/YOLOv6 on ``PYTHONPATH``, or ``pip install yolov6detect``): YOLOv6 n/s/m/l,
+  plain, anchor-aided (``--fuse_ab``) or self-distilled heads (:mod:`.yolov6`).
 * **RT-DETR r18 / r50**, official (Apache-2.0) weights as plain tensors, no package needed (:mod:`.rtdetr`): the
   ``lyuwenyu/RT-DETR`` ``rtdetr_pytorch`` release ``.pth`` (``rtdetr_r18vd_dec3_6x_coco_from_paddle.pth``,
   ``rtdetr_r50vd_6x_coco_from_paddle.pth``), or the same model from Hugging Face transformers (a folder with
@@ -29,6 +31,8 @@ import torch
 
 INSTALL_HINTS = {
     "ultralytics": "pip install ultralytics  (in the environment used for the conversion only; fgkd never imports it)",
+    "yolov6": "a YOLOv6 checkpoint: put a clone of https://github.com/meituan/YOLOv6 (0.4.0) on PYTHONPATH, or pip "
+              "install yolov6detect (for the conversion only; fgkd never imports it)",
     "models": "a YOLOv5 v7.0 checkpoint: put a clone of https://github.com/ultralytics/yolov5 (v7.0) on PYTHONPATH, "
               "or pip install yolov5 and run with PYTHONPATH=\"$(python -c 'import yolov5, os; "
               "print(os.path.dirname(yolov5.__file__))')\" (for the conversion only; fgkd never imports it)",
@@ -115,6 +119,7 @@ def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
     from fgkd.models.convert.rtdetr import from_rtdetr, is_rtdetr_state, official_state, read_hf
     from fgkd.models.convert.ultralytics import from_ultralytics
     from fgkd.models.convert.yolov5 import from_yolov5, is_yolov5
+    from fgkd.models.convert.yolov6 import from_yolov6, is_yolov6
 
     path = Path(src).expanduser()
     if path.is_dir() or path.suffix == ".safetensors":
@@ -129,13 +134,16 @@ def convert(src: str | Path, out: str | Path, model: str | None = None) -> Path:
         name, num_classes, class_names, state = from_rtdetr(checkpoint, "hf", model)
     elif is_yolov5(module):
         name, num_classes, class_names, state = from_yolov5(checkpoint, model)
+    elif is_yolov6(module):
+        name, num_classes, class_names, state = from_yolov6(checkpoint, model)
     elif hasattr(module, "yaml") and type(module).__module__.startswith("ultralytics"):
         name, num_classes, class_names, state = from_ultralytics(checkpoint, model)
     else:
         keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ConversionError(f"{src}: not a checkpoint this converter reads (no Ultralytics or YOLOv5 'ema'/'model' "
                               f"module; top level: {keys}); supported sources: Ultralytics YOLOv8 and RT-DETR-L .pt, "
-                              "YOLOv5 v7.0 .pt, RT-DETR r18/r50 .pth (rtdetr_pytorch) or transformers folders")
+                              "YOLOv5 v7.0 .pt, YOLOv6 0.4.0 .pt, RT-DETR r18/r50 .pth (rtdetr_pytorch) or transformers "
+                              "folders")
     return _save(src, out, name, num_classes, class_names, state)
 
 
@@ -158,13 +166,13 @@ def convert_state(name: str, source: Mapping[str, torch.Tensor], target: Mapping
     """The source state dict in fgkd names for the detector ``name``."""
     from fgkd.models.convert.ultralytics import RTDETR_L_RULES
 
-    if name.startswith(("yolov8", "yolov5")):
+    if name.startswith(("yolov8", "yolov5", "yolov6")):
         state = map_by_order(source, target)
     elif name == "rtdetr_l":
         state = map_by_rules(source, target, RTDETR_L_RULES)
     elif name in ("rtdetr_r18", "rtdetr_r50"):  # renamed already (fgkd.models.convert.rtdetr); checked here
         state = map_by_rules(source, target, [(r"(.+)", r"\1")])
     else:
-        raise ConversionError(f"no converter into {name!r} (yolov8n/s/m/l, yolov5n/s/m/l, rtdetr_l, rtdetr_r18/r50)")
+        raise ConversionError(f"no converter into {name!r} (yolov8/yolov5/yolov5u/yolov6 n/s/m/l, rtdetr_l/r18/r50)")
     # buffers fgkd keeps and the source does not (BatchNorm counters): the model's own values
     return {**{k: v for k, v in target.items() if _DROPPED.search(k)}, **state}

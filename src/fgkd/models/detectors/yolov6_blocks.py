@@ -179,7 +179,7 @@ class CSPSPPF(nn.Module):
         y1 = self.pool(x1)
         y2 = self.pool(y1)
         pooled = self.cv6(self.cv5(torch.cat((x1, y1, y2, self.pool(y2)), dim=1)))
-        return self.cv7(torch.cat((pooled, shortcut), dim=1))
+        return self.cv7(torch.cat((shortcut, pooled), dim=1))  # the reference's order (converted weights need it)
 
 
 class BiFusion(nn.Module):
