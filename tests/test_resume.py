@@ -137,6 +137,7 @@ def test_the_first_ctrl_c_asks_the_trainer_to_stop_and_the_second_interrupts():
 
     from fgkd.lit.interrupt import stop_on_ctrl_c
 
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # background jobs inherit SIG_IGN
     before = signal.getsignal(signal.SIGINT)
     trainer = SimpleNamespace(world_size=1, should_stop=False)
     with stop_on_ctrl_c(trainer) as request:
@@ -149,3 +150,4 @@ def test_the_first_ctrl_c_asks_the_trainer_to_stop_and_the_second_interrupts():
     with stop_on_ctrl_c(spawned) as request, pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)  # DDP: Lightning's own handling, untouched
     assert not request.requested and signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, outer)
