@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from helpers.statistics import randomise_batchnorm
 
 from fgkd.models.convert import ConversionError, map_by_order, map_by_rules, read_checkpoint
 from fgkd.models.convert.__main__ import main as convert_main
@@ -91,16 +92,6 @@ def _ultralytics():
     return pytest.importorskip("ultralytics")
 
 
-def _randomise_statistics(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-
-
 @pytest.mark.parametrize("variant", ["yolov8n", "yolov8s", "yolov5nu", "yolov5su"])
 def test_ultralytics_yolov8_and_yolov5u_convert_to_equal_outputs(tmp_path, variant):
     _ultralytics()
@@ -111,7 +102,7 @@ def test_ultralytics_yolov8_and_yolov5u_convert_to_equal_outputs(tmp_path, varia
 
     torch.manual_seed(0)
     source = DetectionModel(f"{variant}.yaml", nc=80, verbose=False)
-    _randomise_statistics(source)
+    randomise_batchnorm(source)
     torch.save({"model": source, "ema": None, "train_args": {}}, tmp_path / f"{variant}.pt")  # the release layout
     out = convert(tmp_path / f"{variant}.pt", tmp_path / "fgkd.pt")
     detector, info = load_detector(out)
@@ -136,7 +127,7 @@ def test_ultralytics_rtdetr_l_converts_to_equal_outputs(tmp_path):
 
     torch.manual_seed(0)
     source = RTDETRDetectionModel("rtdetr-l.yaml", nc=80, verbose=False)
-    _randomise_statistics(source)
+    randomise_batchnorm(source)
     with torch.no_grad():
         source.model[-1].enc_score_head.weight.mul_(50)  # separated encoder scores: a stable top-k selection
     torch.save({"model": source, "ema": None}, tmp_path / "rtdetr-l.pt")
@@ -177,7 +168,7 @@ def test_yolov5_v7_converts_to_equal_outputs(tmp_path, variant):
 
     torch.manual_seed(0)
     source = DetectionModel(os.path.join(os.path.dirname(yolov5.__file__), "models", f"{variant}.yaml"), nc=80)
-    _randomise_statistics(source)
+    randomise_batchnorm(source)
     with torch.no_grad():
         source.model[-1].anchors.mul_(1.1)  # as re-fitted by AutoAnchor: the converter must carry them over
     source = source.half().float()  # the release stores half precision; compare against what is stored
@@ -214,7 +205,7 @@ def test_yolov6_release_converts_to_equal_outputs(tmp_path, variant, head):
     config.training_mode = "repvgg"  # tools/train.py's default for n/s/m
     torch.manual_seed(0)
     source = build_model(config, 80, "cpu", **head)
-    _randomise_statistics(source)
+    randomise_batchnorm(source)
     with torch.no_grad():
         for name, param in source.detect.named_parameters():
             if "preds" in name and name.endswith("weight"):

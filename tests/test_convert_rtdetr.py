@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from helpers.statistics import randomise_batchnorm
 
 from fgkd.models.convert import COCO_CLASSES, ConversionError, convert
 from fgkd.models.convert.rtdetr import from_rtdetr
@@ -31,13 +32,7 @@ def _transformers_r18(num_classes: int = 80):
                                        freeze_backbone_batch_norms=False)
     torch.manual_seed(0)
     model = transformers.RTDetrForObjectDetection(config)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    randomise_batchnorm(model)
     return model.eval()
 
 
